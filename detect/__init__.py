@@ -1,0 +1,1 @@
+"""Detection layer: disclosure signals, spike detectors, incidents, alerts and sinks."""

@@ -1,0 +1,1 @@
+"""Ingest layer: wire format, header parsing, privacy, Kafka -> ClickHouse."""

@@ -1,0 +1,176 @@
+"""Wire format v1: one outbound message as a mailer publishes it (see docs/wire-format.md).
+
+Validation is strict about what the contract requires and lenient about what it does not (unknown
+fields are ignored unless listed in ``extra_fields``). Every rejection carries a short machine reason
+(``MalformedEvent.reason``) for the DLQ header and the errors table, and a human detail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+
+class MalformedEvent(ValueError):
+    """An event that breaks wire format v1. ``reason`` is a stable short code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Event:
+    event_id: str
+    sent_at_ms: int                      # event time, UTC epoch milliseconds
+    service: str
+    message_id: str
+    from_: str
+    to: str
+    envelope_to: list[str]
+    campaign: str | None = None
+    template: str | None = None
+    cc: str = ""
+    bcc: str | None = None               # None: no Bcc header in the sent copy (the normal case)
+    subject: str | None = None
+    size_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "v": 1,
+            "event_id": self.event_id,
+            "sent_at": format_time(self.sent_at_ms),
+            "service": self.service,
+            "campaign": self.campaign,
+            "template": self.template,
+            "message_id": self.message_id,
+            "from": self.from_,
+            "to": self.to,
+            "envelope_to": list(self.envelope_to),
+        }
+        if self.cc:
+            d["cc"] = self.cc
+        if self.bcc is not None:
+            d["bcc"] = self.bcc
+        if self.subject is not None:
+            d["subject"] = self.subject
+        if self.size_bytes is not None:
+            d["size_bytes"] = self.size_bytes
+        d.update(self.extra)
+        return d
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_wire(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# RFC 3339 date-time with a mandatory offset; any number of fractional digits.
+_TIME_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):?(\d{2}))\Z"
+)
+
+
+def parse_time(value: str) -> int:
+    """RFC 3339 → UTC epoch milliseconds. A time without an offset is ambiguous, so it is refused."""
+    m = _TIME_RE.match(value)
+    if not m:
+        raise ValueError(f"not an RFC 3339 time with offset: {value[:40]!r}")
+    y, mo, d, h, mi, s, frac, z, sign, oh, om = m.groups()
+    try:
+        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), min(int(s), 59), tzinfo=timezone.utc)
+    except ValueError as e:
+        raise ValueError(f"invalid date/time {value[:40]!r}: {e}") from None
+    ms = int(dt.timestamp()) * 1000 + (int(frac[:3].ljust(3, "0")) if frac else 0)
+    if not z:
+        if int(oh) > 23 or int(om) > 59:
+            raise ValueError(f"invalid offset in {value[:40]!r}")
+        off = (int(oh) * 60 + int(om)) * 60_000
+        ms -= off if sign == "+" else -off
+    return ms
+
+
+def format_time(ms: int) -> str:
+    """UTC epoch milliseconds → ``2026-11-02T07:30:00.000Z`` (the format of every time we emit)."""
+    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
+_REQUIRED_STR = ("event_id", "sent_at", "service", "message_id", "from", "to")
+_OPTIONAL_STR = ("cc", "bcc", "subject")
+_NULLABLE_STR = ("campaign", "template")
+KNOWN_FIELDS = frozenset(
+    ("v", "envelope_to", "size_bytes") + _REQUIRED_STR + _OPTIONAL_STR + _NULLABLE_STR
+)
+_MAX_SIZE = 2**32 - 1
+
+
+def decode_event(raw: bytes, extra_fields: Iterable[str] = ()) -> Event:
+    """Bytes of one Kafka message → ``Event``, or ``MalformedEvent`` saying exactly what is wrong."""
+    try:
+        doc = json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise MalformedEvent("invalid_utf8", f"not UTF-8 at byte {e.start}") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise MalformedEvent("invalid_json", str(e)[:200]) from None
+    return validate_event(doc, extra_fields)
+
+
+def validate_event(doc: Any, extra_fields: Iterable[str] = ()) -> Event:
+    if not isinstance(doc, dict):
+        raise MalformedEvent("not_an_object", f"top level is {type(doc).__name__}, not an object")
+    v = doc.get("v")
+    if v is None:
+        raise MalformedEvent("missing_field", "v")
+    if type(v) is not int or v != 1:
+        raise MalformedEvent("unsupported_version", f"v={v!r}; this consumer reads v=1")
+    for name in _REQUIRED_STR:
+        value = doc.get(name)
+        if value is None:
+            raise MalformedEvent("missing_field", name)
+        if type(value) is not str:
+            raise MalformedEvent("wrong_type", f"{name} must be a string, got {type(value).__name__}")
+    for name in _OPTIONAL_STR + _NULLABLE_STR:
+        value = doc.get(name)
+        if value is not None and type(value) is not str:
+            raise MalformedEvent("wrong_type", f"{name} must be a string, got {type(value).__name__}")
+    env = doc.get("envelope_to")
+    if env is None:
+        raise MalformedEvent("missing_field", "envelope_to")
+    if type(env) is not list or any(type(a) is not str for a in env):
+        raise MalformedEvent("wrong_type", "envelope_to must be an array of strings")
+    size = doc.get("size_bytes")
+    if size is not None and (type(size) is not int or not 0 <= size <= _MAX_SIZE):
+        raise MalformedEvent("wrong_type", f"size_bytes must be a non-negative integer, got {size!r}")
+    event_id = doc["event_id"]
+    try:
+        uuid.UUID(event_id)
+    except ValueError:
+        raise MalformedEvent("bad_event_id", f"event_id is not a UUID: {event_id[:40]!r}") from None
+    try:
+        sent_at_ms = parse_time(doc["sent_at"])
+    except ValueError as e:
+        raise MalformedEvent("bad_sent_at", str(e)) from None
+    if not doc["service"].strip():
+        raise MalformedEvent("empty_field", "service must not be empty")
+    extra = {k: doc[k] for k in extra_fields if k in doc and k not in KNOWN_FIELDS}
+    return Event(
+        event_id=event_id.lower(),
+        sent_at_ms=sent_at_ms,
+        service=doc["service"],
+        message_id=doc["message_id"],
+        from_=doc["from"],
+        to=doc["to"],
+        envelope_to=env,
+        campaign=doc.get("campaign") or None,
+        template=doc.get("template") or None,
+        cc=doc.get("cc") or "",
+        bcc=doc.get("bcc"),
+        subject=doc.get("subject"),
+        size_bytes=size,
+        extra=extra,
+    )

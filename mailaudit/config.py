@@ -1,0 +1,316 @@
+"""One typed configuration object: defaults < TOML file < environment variables.
+
+Everything that needs a setting receives the ``Config`` (or one of its sections) as an argument;
+nothing reads the environment deep inside the code, so a test or a library user can build a
+``Config`` by hand and know exactly what the code will do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import unquote, urlparse
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has the wrong shape; the message names it."""
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap: str = "127.0.0.1:9092"
+    topic_events: str = "mail.headers"
+    topic_dlq: str = "mail.headers.dlq"
+    topic_alerts: str = "mail.alerts"
+    topic_control: str = "mail.control"
+    partitions: int = 4
+    dlq_retention_ms: int = 7 * 24 * 3600 * 1000
+    ingest_group: str = "mailaudit-ingest"
+    detect_group: str = "mailaudit-detect"
+    session_timeout_ms: int = 10000
+    heartbeat_interval_ms: int = 3000
+    max_poll_records: int = 5000
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, metadata={"secret": True})
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection settings shared by every kafka-python client we build."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap.split(",") if s.strip()],
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name):
+                kw[name] = getattr(self, name)
+        return kw
+
+
+@dataclass
+class ClickHouseConfig:
+    url: str = "clickhouse://default:@127.0.0.1:9000/mailaudit"
+    secure: bool = False
+    ca_certs: str | None = None
+    verify: bool = True
+    connect_timeout_s: float = 5.0
+
+    def parts(self) -> dict[str, Any]:
+        """Split the URL into clickhouse-driver ``Client`` arguments."""
+        u = urlparse(self.url)
+        if u.scheme not in ("clickhouse", "clickhouses"):
+            raise ConfigError(f"clickhouse.url must start with clickhouse:// (got {u.scheme or 'nothing'}://)")
+        database = (u.path or "/").lstrip("/") or "default"
+        secure = self.secure or u.scheme == "clickhouses"
+        return {
+            "host": u.hostname or "127.0.0.1",
+            "port": u.port or (9440 if secure else 9000),
+            "user": unquote(u.username) if u.username else "default",
+            "password": unquote(u.password) if u.password else "",
+            "database": database,
+            "secure": secure,
+            "ca_certs": self.ca_certs,
+            "verify": self.verify,
+            "connect_timeout": self.connect_timeout_s,
+        }
+
+
+@dataclass
+class PrivacyConfig:
+    hash_key: str | None = field(default=None, metadata={"secret": True})
+    hash_key_id: str = "k1"
+    # Previous keys stay usable for searches during a rotation overlap: "id:secret,id:secret".
+    old_hash_keys: str | None = field(default=None, metadata={"secret": True})
+    store_subject: bool = False
+    extra_fields: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestConfig:
+    batch_size: int = 5000
+    batch_time_s: float = 1.0
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+    max_record_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass
+class DisclosureRules:
+    """Defaults for the per-message disclosure rules; overridable per service (``[detect.services.X]``)."""
+
+    strangers_critical: int = 10          # visible non-envelope addresses that fire at once
+    strangers_min: int = 2                # below this a copy is not suspicious at all
+    group_wait_s: float = 5.0             # event-time wait for sibling submissions of one Message-ID
+    visible_max: int = 50                 # many visible recipients on one copy
+    run_together: bool = True
+    bcc_header: bool = True
+
+
+@dataclass
+class SpikeRules:
+    enabled: bool = True
+    bucket_s: int = 60
+    min_messages_per_bucket: float = 20.0
+    min_recipients: float = 20.0
+
+
+@dataclass
+class DetectConfig:
+    lateness_s: float = 60.0
+    disclosure: DisclosureRules = field(default_factory=DisclosureRules)
+    spikes: SpikeRules = field(default_factory=SpikeRules)
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    containment: str = "notify"           # off | notify | hold
+    update_interval_s: float = 60.0
+    resolve_after_s: float = 900.0
+    model_path: str | None = None
+    model_threshold: float | None = None
+    checkpoint_dir: str | None = None
+
+    def disclosure_for(self, service: str) -> DisclosureRules:
+        """Per-service overrides on top of the defaults."""
+        override = self.services.get(service, {}).get("disclosure", {})
+        return dataclasses.replace(self.disclosure, **override) if override else self.disclosure
+
+
+@dataclass
+class WebhookConfig:
+    url: str | None = None
+    secret: str | None = field(default=None, metadata={"secret": True})
+    slack: bool = False
+    timeout_s: float = 5.0
+    max_attempts: int = 5
+
+
+@dataclass
+class DashboardConfig:
+    host: str = "127.0.0.1"
+    port: int = 8501
+    # sha256 (hex) or "pbkdf2_sha256$iter$salt$hash" of the passwords; required when host is not loopback.
+    reader_password_hash: str | None = field(default=None, metadata={"secret": True})
+    operator_password_hash: str | None = field(default=None, metadata={"secret": True})
+    refresh_s: int = 10
+
+
+@dataclass
+class RetentionConfig:
+    events_days: int = 180
+    errors_days: int = 30
+    alerts_days: int = 730
+    incidents_days: int = 730
+
+
+@dataclass
+class Config:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    state_dir: str = ".mailaudit"
+
+    def require_hash_key(self) -> bytes:
+        if not self.privacy.hash_key:
+            raise ConfigError("no hash key: set MAILAUDIT_HASH_KEY (or privacy.hash_key in the config file)")
+        return self.privacy.hash_key.encode("utf-8")
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config as a dict with every secret replaced, for ``config show`` and logs."""
+        return _redact(self)
+
+
+# Environment variables: the three of the contract, plus one per commonly-set field.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "MAILAUDIT_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "MAILAUDIT_CLICKHOUSE_URL": ("clickhouse", "url"),
+    "MAILAUDIT_HASH_KEY": ("privacy", "hash_key"),
+    "MAILAUDIT_HASH_KEY_ID": ("privacy", "hash_key_id"),
+    "MAILAUDIT_OLD_HASH_KEYS": ("privacy", "old_hash_keys"),
+    "MAILAUDIT_KAFKA_SECURITY_PROTOCOL": ("kafka", "security_protocol"),
+    "MAILAUDIT_KAFKA_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
+    "MAILAUDIT_KAFKA_SASL_USERNAME": ("kafka", "sasl_username"),
+    "MAILAUDIT_KAFKA_SASL_PASSWORD": ("kafka", "sasl_password"),
+    "MAILAUDIT_KAFKA_SSL_CAFILE": ("kafka", "ssl_cafile"),
+    "MAILAUDIT_CLICKHOUSE_CA_CERTS": ("clickhouse", "ca_certs"),
+    "MAILAUDIT_WEBHOOK_URL": ("webhook", "url"),
+    "MAILAUDIT_WEBHOOK_SECRET": ("webhook", "secret"),
+    "MAILAUDIT_CONTAINMENT": ("detect", "containment"),
+    "MAILAUDIT_DASHBOARD_HOST": ("dashboard", "host"),
+    "MAILAUDIT_DASHBOARD_PORT": ("dashboard", "port"),
+    "MAILAUDIT_DASHBOARD_READER_PASSWORD_HASH": ("dashboard", "reader_password_hash"),
+    "MAILAUDIT_DASHBOARD_OPERATOR_PASSWORD_HASH": ("dashboard", "operator_password_hash"),
+    "MAILAUDIT_STATE_DIR": (None, "state_dir"),
+}
+
+
+def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Build the effective config. ``env`` defaults to ``os.environ``; pass a dict in tests."""
+    env = os.environ if env is None else env
+    cfg = Config()
+    path = path or env.get("MAILAUDIT_CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text("utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        _apply(cfg, data, str(p))
+    for var, (section, name) in ENV_VARS.items():
+        if var in env and env[var] != "":
+            target = cfg if section is None else getattr(cfg, section)
+            _set_field(target, name, env[var], var)
+    # A secret may also come from a file (Kubernetes/Docker secrets): MAILAUDIT_HASH_KEY_FILE etc.
+    for var, (section, name) in ENV_VARS.items():
+        fvar = var + "_FILE"
+        if env.get(fvar):
+            try:
+                value = Path(env[fvar]).read_text("utf-8").strip()
+            except OSError as e:
+                raise ConfigError(f"{fvar}: cannot read {env[fvar]}: {e.strerror}") from None
+            target = cfg if section is None else getattr(cfg, section)
+            _set_field(target, name, value, fvar)
+    return cfg
+
+
+def _apply(obj: Any, data: Mapping[str, Any], where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown setting '{key}'")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: '{key}' must be a table")
+            _apply(current, value, f"{where}:{key}")
+        else:
+            _set_field(obj, key, value, f"{where}:{key}")
+
+
+def _set_field(obj: Any, name: str, value: Any, where: str) -> None:
+    f = {f.name: f for f in dataclasses.fields(obj)}[name]
+    setattr(obj, name, _coerce(value, f.type, where))
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    t = str(typ)
+    try:
+        if t.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if t.startswith("int"):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if t.startswith("float"):
+            return float(value)
+        if t.startswith("list"):
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return list(value)
+        if t.startswith("dict"):
+            if not isinstance(value, Mapping):
+                raise ValueError(value)
+            return dict(value)
+        if t.startswith("str | None") or t == "str":
+            return None if value is None else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {t}, got {value!r}") from None
+    return value
+
+
+def _redact(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if f.metadata.get("secret") and v:
+                out[f.name] = "***"
+            else:
+                out[f.name] = _redact(v)
+        return out
+    if isinstance(obj, str) and "://" in obj and "@" in obj:
+        u = urlparse(obj)
+        if u.password:
+            return obj.replace(":" + u.password + "@", ":***@", 1)
+    return obj
