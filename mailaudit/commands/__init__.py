@@ -1,0 +1,1 @@
+"""One module per CLI verb: HELP, configure(parser), run(args, cfg) -> exit code."""
