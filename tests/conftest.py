@@ -1,0 +1,93 @@
+"""Session-wide real servers, and per-test isolated configs on top of them.
+
+The ClickHouse server and the Kafka-protocol broker start once per test session (a consumer-group
+join alone costs seconds), on free loopback ports with a throw-away state directory, and are always
+torn down. Each test gets its own ClickHouse database and its own topic names through ``make_cfg``,
+so tests share servers but never data.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mailaudit.config import Config
+from mailaudit.stack import LocalStack
+
+
+@pytest.fixture(scope="session")
+def stack_dir():
+    d = Path(tempfile.mkdtemp(prefix="mailaudit-test-"))
+    yield d
+    if os.environ.get("MAILAUDIT_KEEP_TEST_STATE"):
+        print(f"test state kept in {d}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_stack(stack_dir):
+    """The LocalStack object itself (fault tests stop/start its servers)."""
+    s = LocalStack(stack_dir / "stack")
+    s.up()
+    yield s
+    s.down()
+
+
+@pytest.fixture(scope="session")
+def stack(local_stack):
+    return local_stack.info()
+
+
+@pytest.fixture(autouse=True)
+def _show_server_logs_on_failure(request):
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed and "local_stack" in request.fixturenames:
+        print(request.getfixturevalue("local_stack").log_tail())
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def make_cfg(stack, local_stack):
+    """Factory: a Config on the session servers with a unique database and unique topic names."""
+    made = []
+
+    def factory(**overrides) -> Config:
+        uid = uuid.uuid4().hex[:10]
+        cfg = Config()
+        cfg.kafka.bootstrap = stack.kafka_bootstrap
+        prefix = f"t{uid}."
+        cfg.kafka.topic_events = prefix + "mail.headers"
+        cfg.kafka.topic_dlq = prefix + "mail.headers.dlq"
+        cfg.kafka.topic_alerts = prefix + "mail.alerts"
+        cfg.kafka.topic_control = prefix + "mail.control"
+        cfg.kafka.ingest_group = prefix + "ingest"
+        cfg.kafka.detect_group = prefix + "detect"
+        cfg.kafka.session_timeout_ms = 6000
+        cfg.kafka.heartbeat_interval_ms = 1000
+        cfg.clickhouse.url = f"clickhouse://default:@127.0.0.1:{stack.clickhouse_port}/t_{uid}"
+        cfg.privacy.hash_key = secrets.token_hex(16)
+        cfg.ingest.batch_time_s = 0.3
+        cfg.ingest.retry_initial_s = 0.1
+        cfg.ingest.retry_max_s = 1.0
+        cfg.state_dir = str(local_stack.dir.parent / f"state-{uid}")
+        for path, value in overrides.items():
+            section, _, name = path.partition("__")
+            setattr(getattr(cfg, section), name, value) if name else setattr(cfg, section, value)
+        made.append(cfg)
+        return cfg
+
+    yield factory
