@@ -1,0 +1,209 @@
+"""`mailaudit consume`: Kafka → ClickHouse, at-least-once into an idempotent table.
+
+The loop: poll → ``Batch.submit`` → when the batch is ready (size or age), ``BatchWriter.write`` →
+commit the batch's offsets. Offsets are committed only after the write returned, so a crash at any
+point re-delivers an uncommitted batch and the ReplacingMergeTree collapses the repeats.
+
+While ClickHouse (or the DLQ topic) is down the write is retried with exponential backoff; the
+assigned partitions are paused meanwhile and ``poll`` keeps the group membership alive, so memory
+stays bounded at one batch and nothing is read that cannot be written. On SIGTERM/Ctrl-C the current
+batch gets one more write attempt; if that fails it is abandoned uncommitted (the next owner of the
+partitions reads it again).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from mailaudit.config import Config
+from mailaudit.ingest.batch import Batch
+from mailaudit.ingest.clickhouse import Database
+from mailaudit.ingest.kafka_io import make_consumer, make_producer
+from mailaudit.ingest.privacy import AddressHasher
+from mailaudit.ingest.writer import BatchWriter
+
+log = logging.getLogger("mailaudit.ingest")
+
+
+@dataclass
+class ConsumerStats:
+    consumed: int = 0
+    inserted: int = 0
+    rejected: int = 0
+    batches: int = 0
+    write_failures: int = 0
+    commits: int = 0
+    batch_seconds: list[float] = field(default_factory=list)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, owner: "IngestConsumer"):
+        self.owner = owner
+
+    def on_partitions_revoked(self, revoked):
+        self.owner._on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned):
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+class IngestConsumer:
+    def __init__(self, cfg: Config, db: Database | None = None, consumer=None, producer=None,
+                 stop_event: threading.Event | None = None):
+        self.cfg = cfg
+        self.db = db or Database(cfg.clickhouse)
+        self.hasher = AddressHasher(cfg.require_hash_key(), cfg.privacy.hash_key_id)
+        self.consumer = consumer or make_consumer(cfg.kafka, cfg.kafka.ingest_group)
+        self.producer = producer or make_producer(cfg.kafka)
+        self.writer = BatchWriter(cfg, self.db, self.producer)
+        self.stop_event = stop_event or threading.Event()
+        self.stats = ConsumerStats()
+        self.batch = self._new_batch()
+        self._retrying = False
+        self._abandon = False
+
+    def _new_batch(self) -> Batch:
+        return Batch(self.cfg, self.hasher)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def stop(signum, frame):
+            log.info("signal %s: finishing the current batch and stopping", signum)
+            self.stop_event.set()
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def run(self, max_seconds: float | None = None) -> ConsumerStats:
+        self.consumer.subscribe([self.cfg.kafka.topic_events], listener=_Rebalance(self))
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            while not self.stop_event.is_set():
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                self.poll_once()
+            # Finish: one more attempt at the batch in hand, never a commit without a write.
+            if len(self.batch):
+                self._flush(retry=False)
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception:  # noqa: BLE001
+            log.exception("closing consumer")
+        try:
+            self.producer.close(timeout=5)
+        except Exception:  # noqa: BLE001
+            log.exception("closing producer")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def poll_once(self, timeout_ms: int = 200) -> None:
+        records = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.kafka.max_poll_records)
+        for recs in records.values():
+            self.batch.submit_many(recs)
+            self.stats.consumed += len(recs)
+        if self.batch.ready():
+            self._flush(retry=True)
+
+    def _flush(self, retry: bool) -> bool:
+        batch = self.batch
+        t0 = time.monotonic()
+        delay = self.cfg.ingest.retry_initial_s
+        self._abandon = False
+        paused = False
+        try:
+            while True:
+                try:
+                    self.writer.write(batch)
+                    break
+                except Exception as e:  # noqa: BLE001 - any write failure is retried, never fatal
+                    self.stats.write_failures += 1
+                    log.warning("write of %d records failed (%s: %s); retrying in %.1fs",
+                                len(batch), type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", delay)
+                    self.db.disconnect()
+                    if not retry or self.stop_event.is_set() or self._abandon:
+                        self._abandon_batch(batch)
+                        return False
+                    if not paused:
+                        assigned = self.consumer.assignment()
+                        if assigned:
+                            self.consumer.pause(*assigned)
+                        paused = True
+                    self._sleep_polling(delay)
+                    if self._abandon:
+                        self._abandon_batch(batch)
+                        return False
+                    delay = min(delay * 2, self.cfg.ingest.retry_max_s)
+        finally:
+            if paused:
+                assigned = self.consumer.assignment()
+                if assigned:
+                    self.consumer.resume(*assigned)
+        self._commit(batch)
+        self.stats.inserted += len(batch.rows)
+        self.stats.rejected += len(batch.rejected)
+        self.stats.batches += 1
+        self.stats.batch_seconds.append(time.monotonic() - t0)
+        if len(self.stats.batch_seconds) > 1000:
+            del self.stats.batch_seconds[:500]
+        self.batch = self._new_batch()
+        return True
+
+    def _abandon_batch(self, batch: Batch) -> None:
+        """Drop an unwritten batch without committing it. Partitions we still own are rewound to the
+        batch's first offsets, since our fetch position is already past those records."""
+        log.warning("abandoning uncommitted batch of %d records (they will be read again)", len(batch))
+        assigned = self.consumer.assignment()
+        for (t, p), first in batch.first_offsets.items():
+            tp = TopicPartition(t, p)
+            if tp in assigned:
+                self.consumer.seek(tp, first)
+        self.batch = self._new_batch()
+
+    def _sleep_polling(self, seconds: float) -> None:
+        """Wait while keeping group membership alive (partitions are paused: poll returns nothing)."""
+        self._retrying = True
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end and not self.stop_event.is_set():
+                recs = self.consumer.poll(timeout_ms=min(100, max(1, int((end - time.monotonic()) * 1000))))
+                # Paused partitions return nothing; a partition newly assigned during the wait is
+                # paused too so the batch in hand stays the only unwritten data.
+                if recs:
+                    for tp, rs in recs.items():
+                        self.batch.submit_many(rs)
+                        self.stats.consumed += len(rs)
+                self.consumer.pause(*self.consumer.assignment())
+        finally:
+            self._retrying = False
+
+    def _commit(self, batch: Batch) -> None:
+        offsets = batch.commit_offsets()
+        if not offsets:
+            return
+        assigned = self.consumer.assignment()
+        to_commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                     for (t, p), o in offsets.items() if TopicPartition(t, p) in assigned}
+        if to_commit:
+            self.consumer.commit(to_commit)
+            self.stats.commits += 1
+
+    def _on_revoked(self, revoked) -> None:
+        if not len(self.batch):
+            return
+        if self._retrying:
+            # Mid-retry: ClickHouse is down, the new owner will read these records again.
+            self._abandon = True
+            return
+        # Hand over cleanly: write and commit what we have before another consumer takes over.
+        log.info("partitions revoked: flushing batch of %d before hand-over", len(self.batch))
+        self._flush(retry=False)

@@ -1,0 +1,61 @@
+"""Dead-letter policy: a malformed message is never dropped silently and never stops the consumer.
+
+Two records per malformed message, written before its offset is committed:
+- the raw bytes, unchanged, on the DLQ topic (short retention; headers carry the reason and the
+  original coordinates), so an operator can fix and replay them;
+- a row in the ``errors`` table with the reason, coordinates, size and a *redacted* excerpt
+  (addresses masked): the searchable record, which never holds the raw bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from mailaudit.ingest.privacy import redact_text
+
+EXCERPT_CHARS = 300
+ERROR_COLUMNS = ("kafka_ts", "received_at", "topic", "partition", "offset", "reason", "detail", "size",
+                 "excerpt", "service")
+
+
+@dataclass(slots=True)
+class Rejected:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    reason: str
+    detail: str
+
+
+def dlq_headers(r: Rejected) -> list[tuple[str, bytes]]:
+    return [
+        ("mailaudit.reason", r.reason.encode()),
+        ("mailaudit.detail", r.detail.encode("utf-8", "replace")[:1000]),
+        ("mailaudit.source", f"{r.topic}/{r.partition}/{r.offset}".encode()),
+    ]
+
+
+def excerpt(value: bytes) -> str:
+    text = value[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    return redact_text(text)[:EXCERPT_CHARS]
+
+
+def error_columns(rejected: list[Rejected]) -> dict[str, list]:
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    cols: dict[str, list] = {c: [] for c in ERROR_COLUMNS}
+    for r in rejected:
+        cols["kafka_ts"].append(dt.datetime.fromtimestamp(max(r.timestamp_ms, 0) // 1000, dt.timezone.utc))
+        cols["received_at"].append(now)
+        cols["topic"].append(r.topic)
+        cols["partition"].append(r.partition)
+        cols["offset"].append(r.offset)
+        cols["reason"].append(r.reason)
+        cols["detail"].append(redact_text(r.detail)[:500])
+        cols["size"].append(len(r.value))
+        cols["excerpt"].append(excerpt(r.value))
+        cols["service"].append((r.key or b"").decode("utf-8", "replace")[:100])
+    return cols

@@ -1,0 +1,22 @@
+"""The Kafka topics mailaudit uses, with their settings (design.md §4)."""
+
+from __future__ import annotations
+
+from mailaudit.config import KafkaConfig
+from mailaudit.ingest.kafka_io import ensure_topics
+
+
+def topic_specs(k: KafkaConfig) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    partitions = {k.topic_events: k.partitions, k.topic_dlq: 1, k.topic_alerts: 1, k.topic_control: 1}
+    configs = {
+        # Raw bytes of malformed events may hold personal data: keep them briefly (documented).
+        k.topic_dlq: {"retention.ms": str(k.dlq_retention_ms)},
+        # Latest hold/release per key (service/campaign) is the state; older commands can go.
+        k.topic_control: {"cleanup.policy": "compact"},
+    }
+    return partitions, configs
+
+
+def create_topics(k: KafkaConfig, timeout_ms: int = 10000) -> list[str]:
+    partitions, configs = topic_specs(k)
+    return ensure_topics(k, partitions, configs, timeout_ms=timeout_ms)

@@ -1,0 +1,45 @@
+"""Write a batch where it belongs: event rows to ClickHouse, rejects to the DLQ topic + errors table.
+
+Every step is idempotent under redelivery (events collapse on ``event_id``, error rows on their Kafka
+coordinates), so the consumer can simply retry the whole write until it succeeds and commit after.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mailaudit.config import Config
+from mailaudit.ingest.batch import Batch
+from mailaudit.ingest.clickhouse import Database
+from mailaudit.ingest.dlq import dlq_headers, error_columns
+
+log = logging.getLogger("mailaudit.ingest")
+
+
+class BatchWriter:
+    def __init__(self, cfg: Config, db: Database, producer):
+        self.cfg = cfg
+        self.db = db
+        self.producer = producer
+        self._dlq_done: set[tuple[str, int, int]] = set()  # survive a retry of a half-written batch
+
+    def write(self, batch: Batch) -> None:
+        """Raises on any failure; safe to call again with the same batch."""
+        self.db.insert("events", batch.rows.columns())
+        if batch.rejected:
+            self._send_dlq(batch)
+            self.db.insert("errors", error_columns(batch.rejected))
+        self._dlq_done.clear()
+
+    def _send_dlq(self, batch: Batch) -> None:
+        futures = []
+        for r in batch.rejected:
+            coord = (r.topic, r.partition, r.offset)
+            if coord in self._dlq_done:
+                continue
+            fut = self.producer.send(self.cfg.kafka.topic_dlq, key=r.key, value=r.value, headers=dlq_headers(r))
+            futures.append((coord, fut))
+        self.producer.flush(timeout=30)
+        for coord, fut in futures:
+            fut.get(timeout=30)          # raises if the broker did not take it
+            self._dlq_done.add(coord)

@@ -1,0 +1,25 @@
+"""`mailaudit consume`: the ingest consumer (Kafka → ClickHouse)."""
+
+from __future__ import annotations
+
+import logging
+
+HELP = "run the ingest consumer: mail.headers → ClickHouse (commit after write; DLQ for malformed input)"
+
+
+def configure(p):
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this long (tests, benchmarks)")
+    p.add_argument("--log-level", default="INFO")
+
+
+def run(args, cfg) -> int:
+    from mailaudit.ingest.consumer import IngestConsumer
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    c = IngestConsumer(cfg)
+    c.install_signal_handlers()
+    stats = c.run(max_seconds=args.max_seconds)
+    logging.getLogger("mailaudit.ingest").info(
+        "stopped: consumed=%d inserted=%d rejected=%d batches=%d", stats.consumed, stats.inserted,
+        stats.rejected, stats.batches)
+    return 0
