@@ -40,6 +40,8 @@ class ConsumerStats:
     batches: int = 0
     write_failures: int = 0
     commits: int = 0
+    first_record_at: float | None = None   # monotonic time of the first record polled
+    last_commit_at: float | None = None    # monotonic time of the latest commit
     batch_seconds: list[float] = field(default_factory=list)
 
 
@@ -109,6 +111,8 @@ class IngestConsumer:
     def poll_once(self, timeout_ms: int = 200) -> None:
         records = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.kafka.max_poll_records)
         for recs in records.values():
+            if self.stats.first_record_at is None:
+                self.stats.first_record_at = time.monotonic()
             self.batch.submit_many(recs)
             self.stats.consumed += len(recs)
         if self.batch.ready():
@@ -196,6 +200,7 @@ class IngestConsumer:
         if to_commit:
             self.consumer.commit(to_commit)
             self.stats.commits += 1
+            self.stats.last_commit_at = time.monotonic()
 
     def _on_revoked(self, revoked) -> None:
         if not len(self.batch):

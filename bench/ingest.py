@@ -1,0 +1,178 @@
+"""Ingest throughput of one consumer process, next to the raw limit measured in the same run.
+
+The raw limit is what the two libraries do with no mailaudit code in between, on the same messages
+and the same rows: a bare kafka-python consume of the topic, and a bare clickhouse-driver columnar
+insert of the rows. One consumer process does both in sequence (it is single-threaded), so the
+limit is their sequential combination ``1 / (1/consume + 1/insert)``; the ratio is the consumer's
+end-to-end rate over that. The machine is shared and noisy, so each figure is the median of runs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from kafka import TopicPartition
+
+from mailaudit.config import Config
+from mailaudit.ingest.batch import Batch
+from mailaudit.ingest.clickhouse import Database
+from mailaudit.ingest.kafka_io import make_consumer, make_producer
+from mailaudit.ingest.privacy import AddressHasher
+from mailaudit.ingest.schema import migrate
+from mailaudit.ingest.simulator import Simulator
+from mailaudit.ingest.topics import create_topics
+from mailaudit.stack import LocalStack
+
+
+def _bench_cfg(info, uid: str, partitions: int = 4) -> Config:
+    cfg = Config()
+    cfg.kafka.bootstrap = info.kafka_bootstrap
+    cfg.kafka.topic_events = f"bench{uid}.mail.headers"
+    cfg.kafka.topic_dlq = f"bench{uid}.mail.headers.dlq"
+    cfg.kafka.topic_alerts = f"bench{uid}.mail.alerts"
+    cfg.kafka.topic_control = f"bench{uid}.mail.control"
+    cfg.kafka.ingest_group = f"bench{uid}.ingest"
+    cfg.kafka.partitions = partitions
+    cfg.kafka.session_timeout_ms = 6000
+    cfg.kafka.heartbeat_interval_ms = 1000
+    cfg.clickhouse.url = f"clickhouse://default:@127.0.0.1:{info.clickhouse_port}/bench_{uid}"
+    cfg.privacy.hash_key = uuid.uuid4().hex
+    return cfg
+
+
+def _events(n: int, seed: int) -> list[bytes]:
+    sim = Simulator(seed=seed, rate=2000.0)
+    out = []
+    for e in sim.events(n / 2000.0 * 1.5):
+        out.append((e.service.encode(), e.encode()))
+        if len(out) >= n:
+            break
+    return out
+
+
+def _publish(cfg: Config, msgs) -> None:
+    p = make_producer(cfg.kafka, linger_ms=20, batch_size=256 * 1024)
+    for key, value in msgs:
+        p.send(cfg.kafka.topic_events, key=key, value=value)
+    p.flush(120)
+    p.close()
+
+
+def raw_consume(cfg: Config, n: int) -> float:
+    """msgs/s of a bare, group-less kafka-python read of the whole topic."""
+    c = make_consumer(cfg.kafka, None, max_poll_records=cfg.kafka.max_poll_records)
+    parts = [TopicPartition(cfg.kafka.topic_events, p) for p in range(cfg.kafka.partitions)]
+    c.assign(parts)
+    c.seek_to_beginning()
+    got = 0
+    t0 = time.perf_counter()
+    while got < n:
+        for recs in c.poll(timeout_ms=1000).values():
+            got += len(recs)
+        if time.perf_counter() - t0 > 300:
+            break
+    dt = time.perf_counter() - t0
+    c.close()
+    return got / dt
+
+
+def raw_insert(cfg: Config, msgs, batch_size: int) -> float:
+    """rows/s of bare columnar inserts of the very rows the consumer writes (built beforehand)."""
+    db = Database(cfg.clickhouse)
+    hasher = AddressHasher(cfg.require_hash_key())
+    batches = []
+    for i in range(0, len(msgs), batch_size):
+        b = Batch(cfg, hasher)
+        for j, (key, value) in enumerate(msgs[i:i + batch_size]):
+            b.submit(cfg.kafka.topic_events, 0, i + j, 0, key, value)
+        batches.append(b.rows.columns())
+    db.execute("CREATE TABLE {db}.events_raw AS {db}.events")
+    t0 = time.perf_counter()
+    for cols in batches:
+        db.insert("events_raw", cols)
+    dt = time.perf_counter() - t0
+    db.execute("DROP TABLE {db}.events_raw")
+    return len(msgs) / dt
+
+
+def end_to_end(cfg: Config, n: int) -> dict:
+    """One IngestConsumer (through its consumer group) until every row is in ClickHouse."""
+    from mailaudit.ingest.consumer import IngestConsumer
+
+    db = Database(cfg.clickhouse)
+    consumer = IngestConsumer(cfg)
+    th = threading.Thread(target=consumer.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 600
+    while consumer.stats.inserted + consumer.stats.rejected < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    consumer.stop_event.set()
+    th.join(60)
+    s = consumer.stats
+    dt = (s.last_commit_at or time.monotonic()) - (s.first_record_at or time.monotonic())
+    stored = db.execute("SELECT count() FROM {db}.events")[0][0]
+    lat = sorted(s.batch_seconds)
+    return {
+        "events_per_s": s.inserted / dt if dt > 0 else 0.0,
+        "stored": stored,
+        "batches": s.batches,
+        "batch_write_p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
+        "batch_write_p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else None,
+    }
+
+
+def bytes_per_event(cfg: Config) -> float:
+    db = Database(cfg.clickhouse)
+    db.execute("OPTIMIZE TABLE {db}.events FINAL")
+    b, rows = db.execute(
+        "SELECT sum(bytes_on_disk), sum(rows) FROM system.parts WHERE database = %(d)s AND table = 'events' AND active",
+        {"d": db.name})[0]
+    return b / rows if rows else 0.0
+
+
+def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, batch_size: int = 5000) -> dict:
+    state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-bench-"))
+    stack = LocalStack(state / "stack")
+    info = stack.up()
+    per_run = []
+    try:
+        msgs = _events(n, seed=7)
+        for r in range(runs):
+            cfg = _bench_cfg(info, uuid.uuid4().hex[:8])
+            cfg.ingest.batch_size = batch_size
+            create_topics(cfg.kafka)
+            migrate(Database(cfg.clickhouse))
+            _publish(cfg, msgs)
+            consume = raw_consume(cfg, len(msgs))
+            insert = raw_insert(cfg, msgs, batch_size)
+            e2e = end_to_end(cfg, len(msgs))
+            raw_limit = 1.0 / (1.0 / consume + 1.0 / insert)
+            per_run.append({
+                "events_per_s": e2e["events_per_s"],
+                "raw_consume_msgs_per_s": consume,
+                "raw_insert_rows_per_s": insert,
+                "raw_limit_events_per_s": raw_limit,
+                "ratio": e2e["events_per_s"] / raw_limit,
+                "stored": e2e["stored"],
+                "batch_write_p50_ms": e2e["batch_write_p50_ms"],
+                "batch_write_p99_ms": e2e["batch_write_p99_ms"],
+                "bytes_per_event_on_disk": bytes_per_event(cfg),
+            })
+    finally:
+        stack.down()
+    keys = [k for k in per_run[0] if isinstance(per_run[0][k], (int, float))]
+    result = {k: statistics.median(r[k] for r in per_run if r[k] is not None) for k in keys}
+    result.update({"events": len(msgs), "runs": runs, "batch_size": batch_size,
+                   "raw_limit_definition": "1/(1/bare_consume + 1/bare_insert), same messages and rows, one process",
+                   "per_run": per_run})
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(bench_ingest(), indent=2))

@@ -1,0 +1,64 @@
+"""`mailaudit bench NAME [--json]`: benchmarks, each in ``bench/NAME.py`` as ``bench_NAME(**kw) -> dict``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+
+from mailaudit.cli import UserError
+
+HELP = "benchmarks: ingest, latency, parser, backtest, nab, dashboard, all (--json for machine-readable figures)"
+
+SUITES = ("ingest", "latency", "parser", "backtest", "nab", "dashboard")
+# What `bench all` runs, with arguments that keep the whole suite within ~15 minutes here.
+ALL = {"parser": {}, "backtest": {}, "ingest": {"n": 50_000, "runs": 3}, "latency": {}, "nab": {}}
+
+
+def configure(p):
+    p.add_argument("suite", choices=SUITES + ("all",))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--runs", type=int, help="repeat count (medians are reported)")
+    p.add_argument("--events", type=int, help="event count, where the suite takes one")
+    p.add_argument("--nab", help="NAB directory (default ../shared/nab if present)")
+
+
+def _kwargs(suite: str, args) -> dict:
+    kw: dict = dict(ALL.get(suite, {})) if args.suite == "all" else {}
+    if args.runs:
+        kw["runs"] = args.runs
+    if args.events:
+        kw["n"] = args.events
+    if suite == "nab":
+        nab = args.nab or next((d for d in ("../shared/nab", "../../shared/nab") if os.path.isdir(d)), None)
+        if not nab:
+            raise UserError("no NAB directory: pass --nab DIR (the scorer and data from shared/nab)")
+        kw["nab_dir"] = nab
+    return kw
+
+
+def _run(suite: str, args) -> dict:
+    try:
+        mod = importlib.import_module(f"mailaudit.bench.{suite}")
+    except ModuleNotFoundError as e:
+        raise UserError(f"benchmark '{suite}' is not available: {e}") from None
+    fn = getattr(mod, f"bench_{suite}")
+    t0 = time.monotonic()
+    out = fn(**_kwargs(suite, args))
+    out["wall_s"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+def run(args, cfg) -> int:
+    suites = [s for s in ALL if s != "nab" or args.nab or os.path.isdir("../shared/nab")] if args.suite == "all" else [args.suite]
+    results = {}
+    for s in suites:
+        print(f"bench {s} ...", file=sys.stderr)
+        results[s] = _run(s, args)
+        if not args.json:
+            print(json.dumps({s: results[s]}, indent=2, default=str))
+    if args.json:
+        print(json.dumps(results if args.suite == "all" else results[args.suite], default=str))
+    return 0
