@@ -107,41 +107,75 @@ class IngestConfig:
 
 @dataclass
 class DisclosureRules:
-    """Defaults for the per-message disclosure rules; overridable per service (``[detect.services.X]``)."""
+    """Per-message disclosure rules; every field is overridable per service
+    (``[detect.services.billing.disclosure] strangers_critical = 5``). See docs/detection.md.
 
-    strangers_critical: int = 10          # visible non-envelope addresses that fire at once
-    strangers_min: int = 2                # below this a copy is not suspicious at all
+    A *stranger* is a visible (To/Cc) address that is not an envelope recipient of the copy: the
+    copy shows it to people it was not sent to.
+    """
+
+    strangers_critical: int = 10          # strangers on one copy that fire visible_disclosure at once (critical)
+    strangers_min: int = 2                # fewer strangers than this is never suspicious (e.g. a Cc'd own mailbox)
     group_wait_s: float = 5.0             # event-time wait for sibling submissions of one Message-ID
-    visible_max: int = 50                 # many visible recipients on one copy
-    run_together: bool = True
-    bcc_header: bool = True
+    visible_max: int = 50                 # a To/Cc header this long with >= strangers_min strangers is concatenated_to
+    open_list_domains: int = 10           # >= visible_max visible addresses over this many domains, all recipients
+                                          # of one copy: Cc-instead-of-Bcc (visible_disclosure); 0 disables
+    repeat_copies: int = 3                # a campaign's copies (distinct Message-IDs) repeating one visible list with
+                                          # strangers: fire without waiting once seen this many times; 0 disables
+    run_together: bool = True             # alert on addresses written with no separator
+    bcc_header: bool = True               # alert on a Bcc: header left in the sent copy
 
 
 @dataclass
 class SpikeRules:
+    """Streaming spike rules; overridable per service (``[detect.services.X.spikes]``)."""
+
     enabled: bool = True
-    bucket_s: int = 60
-    min_messages_per_bucket: float = 20.0
-    min_recipients: float = 20.0
+    bucket_s: int = 60                    # volume is counted per bucket of event time
+    min_messages_per_bucket: float = 20.0 # a volume spike needs at least this many messages in the bucket
+    min_recipients: float = 20.0          # a recipient spike needs at least this many envelope recipients
+    per_campaign: bool = True             # also count volume per campaign (or template when no campaign)
+    max_keys: int = 1000                  # campaign/template volume series kept per service (least recent evicted)
+    key_idle_s: float = 86400.0           # a campaign/template series idle this long (event time) is dropped
+    fill_gap_buckets: int = 60            # empty service buckets fed as zeros after a lull, at most this many
 
 
 @dataclass
 class DetectConfig:
-    lateness_s: float = 60.0
+    lateness_s: float = 60.0              # event-time lateness accepted per service (watermark = max seen - this)
     disclosure: DisclosureRules = field(default_factory=DisclosureRules)
     spikes: SpikeRules = field(default_factory=SpikeRules)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     containment: str = "notify"           # off | notify | hold
-    update_interval_s: float = 60.0
-    resolve_after_s: float = 900.0
+    update_interval_s: float = 60.0       # at most one `update` alert per incident per this much event time
+    resolve_after_s: float = 900.0        # an incident with no new trigger for this long is resolved
+    exposed_exact_max: int = 100_000      # distinct exposed addresses counted exactly per incident, then HyperLogLog
+    evidence_sample: int = 5              # masked addresses quoted in an alert's evidence
+    max_pending: int = 100_000            # copies waiting for siblings per service; beyond it the oldest is decided early
     model_path: str | None = None
     model_threshold: float | None = None
     checkpoint_dir: str | None = None
 
     def disclosure_for(self, service: str) -> DisclosureRules:
         """Per-service overrides on top of the defaults."""
-        override = self.services.get(service, {}).get("disclosure", {})
-        return dataclasses.replace(self.disclosure, **override) if override else self.disclosure
+        return _override(self.disclosure, self.services.get(service, {}).get("disclosure"), service, "disclosure")
+
+    def spikes_for(self, service: str) -> SpikeRules:
+        return _override(self.spikes, self.services.get(service, {}).get("spikes"), service, "spikes")
+
+
+def _override(base: Any, override: Mapping[str, Any] | None, service: str, section: str) -> Any:
+    if not override:
+        return base
+    if not isinstance(override, Mapping):
+        raise ConfigError(f"detect.services.{service}.{section} must be a table")
+    names = {f.name: f for f in dataclasses.fields(base)}
+    values = {}
+    for k, v in override.items():
+        if k not in names:
+            raise ConfigError(f"detect.services.{service}.{section}: unknown setting '{k}'")
+        values[k] = _coerce(v, names[k].type, f"detect.services.{service}.{section}.{k}")
+    return dataclasses.replace(base, **values)
 
 
 @dataclass
