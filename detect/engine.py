@@ -1,0 +1,589 @@
+"""The detection engine: events in (any service, roughly in event-time order), alerts out.
+
+Pure and single-threaded: no Kafka, no ClickHouse, no wall clock (except ``detected_at`` through the
+injected ``clock``), so the live consumer, ``mailaudit backtest`` and the tests run the same code and
+a replay of a day reproduces the day's alerts, ids included.
+
+Time: each service has its own event clock (the latest ``sent_at`` seen) and watermark
+(clock - ``lateness_s``). An event older than its service's watermark is *late*: counted in
+``stats['late']``, still checked for disclosure (a leak is a leak), but it never re-opens a closed
+volume bucket nor feeds the spike detectors. Volume buckets close, and incidents resolve, when the
+watermark passes them; copies waiting for sibling submissions are decided when the event clock passes
+their deadline (the wait is a few seconds, so it runs ahead of the lateness window on purpose). The I/O
+layer calls ``advance(now - lateness)`` on idle partitions so a quiet service still closes its
+buckets and resolves its incidents; ``flush()`` ends the input (backtest).
+
+State is bounded: sibling and repeat indexes expire after a few seconds of event time and are capped;
+copies waiting for siblings are capped (``max_pending``, the oldest decided early); campaign/template
+volume series are capped per service and dropped when idle; ``exposed`` switches to a sketch; the
+address cache is cleared when full. ``state_dict()``/``load_state()`` checkpoint everything (see
+their docstrings).
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import pickle
+from collections import OrderedDict, deque
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable
+
+from mailaudit.config import ConfigError, DetectConfig
+from mailaudit.detect.alerts import DISCLOSURE, SPIKE, Alert
+from mailaudit.detect.exposure import AddressBook, AddrInfo, ExposureRow, exposed_in_copy, exposure_rows, \
+    fingerprint_ids
+from mailaudit.detect.incidents import Incident, IncidentTracker
+from mailaudit.detect.signals import (
+    BCC_HEADER, CONCATENATED_TO, FIRE, RUN_TOGETHER, VISIBLE_DISCLOSURE, WAIT, Signals, disclosed_addresses,
+    disclosure_signals,
+)
+from mailaudit.ingest.parsed import ParsedEvent, parse_event
+from mailaudit.ingest.wire import Event, format_time
+
+STATE_FORMAT = "mailaudit.detect.engine/1"
+_NEVER = -(1 << 62)
+_MAX_REPEAT = 10_000           # (campaign, visible list) pairs remembered per service
+_MAX_SIBLINGS = 200_000        # Message-IDs remembered per service for the group wait
+_FP_CACHE = 10_000             # visible lists remembered per incident for exposed counting
+_FULL = "full"
+
+
+def _default_spike_factory():
+    from mailaudit.detect.spikes import SpikeDetector
+    return SpikeDetector()
+
+
+@dataclass(slots=True)
+class _Meta:
+    """What an alert needs from its trigger event (no header values, so no raw addresses)."""
+
+    event_id: str
+    sent_at_ms: int
+    service: str
+    campaign: str | None
+    template: str | None
+    message_id: str
+
+    @classmethod
+    def of(cls, e: Event) -> "_Meta":
+        return cls(e.event_id, e.sent_at_ms, e.service, e.campaign, e.template, e.message_id)
+
+    @property
+    def scope(self) -> str:
+        return self.campaign or self.template or ""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A copy with a few strangers, waiting for sibling submissions of its Message-ID."""
+
+    deadline_ms: int
+    seq: int
+    meta: _Meta
+    sig: Signals                     # strangers replaced by () — ids below
+    stranger_ids: tuple[int, ...]
+    disclosed: tuple[AddrInfo, ...]
+    envelope_ids: frozenset[int]
+    fingerprint: str | None
+
+    def __lt__(self, other: "_Pending") -> bool:
+        return (self.deadline_ms, self.seq) < (other.deadline_ms, other.seq)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    count: int = 0
+    trig_ms: int = _NEVER            # the bucket's latest (sent_at, event_id): its trigger, order-independent
+    trig_id: str = ""
+    campaign: str | None = None
+    template: str | None = None
+
+
+class _Series:
+    """Messages per bucket for one scope (the service, or one campaign/template)."""
+
+    __slots__ = ("scope", "det", "buckets", "closed_until_ms", "last_event_ms")
+
+    def __init__(self, scope: str, det):
+        self.scope = scope
+        self.det = det
+        self.buckets: dict[int, _Bucket] = {}
+        self.closed_until_ms: int | None = None
+        self.last_event_ms = _NEVER
+
+
+class _Service:
+    def __init__(self, name: str, cfg: DetectConfig, spike_factory):
+        self.name = name
+        self.max_seen_ms = _NEVER
+        self.watermark_ms = _NEVER
+        self.clock_ms = _NEVER
+        self.siblings: dict[str, list] = {}             # message_id -> [envelope ids, expiry_ms]
+        self.sibling_q: deque[tuple[int, str]] = deque()
+        self.pending: list[_Pending] = []               # heap by deadline
+        self.repeat: OrderedDict[tuple[str, str], list] = OrderedDict()  # (campaign, fp) -> [message ids, expiry]
+        self.volume: _Series | None = None
+        self.keyed: OrderedDict[str, _Series] = OrderedDict()
+        self.next_close_ms = 1 << 62
+        self.recip = None
+        self.bind(cfg, spike_factory)
+
+    def bind(self, cfg: DetectConfig, spike_factory) -> None:
+        """(Re)attach the rules: config is never part of a checkpoint, a restart takes the current one."""
+        self.rules = cfg.disclosure_for(self.name)
+        self.spikes = cfg.spikes_for(self.name)
+        self.bucket_ms = int(self.spikes.bucket_s * 1000)
+        self.wait_ms = int(self.rules.group_wait_s * 1000)
+        self.keep_ms = self.wait_ms + int(cfg.lateness_s * 1000)
+        if self.spikes.enabled:
+            if self.volume is None:
+                self.volume = _Series("", spike_factory())
+            if self.recip is None:
+                self.recip = spike_factory()
+
+
+class DetectionEngine:
+    """``process(event)`` / ``advance(watermark_ms)`` / ``flush()`` -> alerts; ``take_exposures()`` -> rows.
+
+    ``clock``: a callable returning wall-clock epoch milliseconds for ``detected_at`` (the live
+    detector); ``None`` (backtest) stamps each alert with its trigger's ``sent_at`` so output is
+    deterministic. ``hasher``: an ``AddressHasher``; with it the engine produces exposure rows and
+    keys every address id it keeps in state; without it there are no exposure rows.
+    ``spike_factory``: builds one streaming spike detector (default ``detect.spikes.SpikeDetector``).
+    """
+
+    def __init__(self, cfg: DetectConfig, clock: Callable[[], int] | None = None, hasher=None,
+                 spike_factory: Callable[[], Any] | None = None):
+        for service in cfg.services:                    # a typo in an override fails at start, not at 3 a.m.
+            if not isinstance(cfg.services[service], dict):
+                raise ConfigError(f"detect.services.{service} must be a table")
+            unknown = set(cfg.services[service]) - {"disclosure", "spikes"}
+            if unknown:
+                raise ConfigError(f"detect.services.{service}: unknown section '{sorted(unknown)[0]}'")
+            cfg.disclosure_for(service)
+            cfg.spikes_for(service)
+        self.cfg = cfg
+        self.clock = clock
+        self.hasher = hasher
+        self.spike_factory = spike_factory or _default_spike_factory
+        self.lateness_ms = int(cfg.lateness_s * 1000)
+        self.book = AddressBook(hasher)
+        self.incidents = IncidentTracker(cfg.update_interval_s, cfg.resolve_after_s, cfg.exposed_exact_max, clock)
+        self.services: dict[str, _Service] = {}
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("events", "late", "waits", "waits_cleared", "waits_fired", "alerts", "exposure_rows"), 0)
+        self._exposures: list[ExposureRow] = []
+        self._seq = 0
+
+    # --- public API --------------------------------------------------------------------------
+
+    def process(self, event: Event, parsed: ParsedEvent | None = None) -> list[Alert]:
+        """One event (pass ``parsed`` if the caller already parsed it: parsing is the costly step)."""
+        ps = parsed if parsed is not None else parse_event(event)
+        self.stats["events"] += 1
+        svc = self.services.get(event.service)
+        if svc is None:
+            svc = self.services[event.service] = _Service(event.service, self.cfg, self.spike_factory)
+        t = event.sent_at_ms
+        late = t < svc.watermark_ms
+        if late:
+            self.stats["late"] += 1
+        out: list[Alert] = []
+        if t > svc.max_seen_ms:
+            svc.max_seen_ms = t
+        self._tick(svc, max(svc.max_seen_ms - self.lateness_ms, svc.watermark_ms),
+                   max(svc.max_seen_ms, svc.clock_ms), out, before=ps)
+        self._disclosure(svc, ps, out)
+        if svc.spikes.enabled and not late:
+            self._spikes(svc, ps, out)
+        self.stats["alerts"] += len(out)
+        return out
+
+    def advance(self, watermark_ms: int) -> list[Alert]:
+        """Promise that no event older than ``watermark_ms`` is still to come (for every service)."""
+        out: list[Alert] = []
+        for name in sorted(self.services):
+            svc = self.services[name]
+            self._tick(svc, max(svc.watermark_ms, watermark_ms),
+                       max(svc.clock_ms, watermark_ms + self.lateness_ms), out)
+        self.stats["alerts"] += len(out)
+        return out
+
+    def flush(self) -> list[Alert]:
+        """End of input: decide every waiting copy, close every bucket, resolve every incident."""
+        out: list[Alert] = []
+        for name in sorted(self.services):
+            svc = self.services[name]
+            while svc.pending:
+                self._decide(svc, heapq.heappop(svc.pending), out)
+            self._close_buckets(svc, 1 << 62, out)
+        out.extend(self.incidents.close_all())
+        self.stats["alerts"] += len(out)
+        return out
+
+    def take_exposures(self) -> list[ExposureRow]:
+        """Exposure rows produced since the last call (only with a hasher); the caller stores them."""
+        rows, self._exposures = self._exposures, []
+        return rows
+
+    def open_incidents(self) -> list[Incident]:
+        return [i for s in sorted(self.incidents.open) for _, i in sorted(self.incidents.open[s].items())]
+
+    def state_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable checkpoint: ``{"format", "stats", "state"}``; ``state`` is a base64 pickle.
+
+        Holds no raw address (pending copies keep ids, keyed hashes and masked forms; with a hasher the
+        ids are keyed) and no config (``load_state`` re-binds the current rules). Load only checkpoints
+        you wrote: it is a pickle. Pending exposure rows are not included — drain them first.
+        """
+        state = {"services": self.services, "incidents": self.incidents.open, "stats": self.stats,
+                 "seq": self._seq}
+        return {
+            "format": STATE_FORMAT,
+            "stats": dict(self.stats),
+            "state": base64.b64encode(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii"),
+        }
+
+    def load_state(self, d: dict[str, Any]) -> None:
+        if d.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a detection engine checkpoint (format {d.get('format')!r})")
+        state = pickle.loads(base64.b64decode(d["state"]))
+        self.services = state["services"]
+        for svc in self.services.values():
+            svc.bind(self.cfg, self.spike_factory)
+        self.incidents.open = state["incidents"]
+        self.stats = state["stats"]
+        self._seq = state["seq"]
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def _tick(self, svc: _Service, watermark_ms: int, clock_ms: int, out: list[Alert], before=None) -> None:
+        svc.clock_ms = clock_ms
+        if before is not None:
+            # The arriving copy may be the sibling a waiting copy needs: index it before deciding.
+            self._index_sibling(svc, before)
+        while svc.pending and svc.pending[0].deadline_ms <= clock_ms:
+            self._decide(svc, heapq.heappop(svc.pending), out)
+        q = svc.sibling_q
+        while q and q[0][0] < clock_ms:
+            exp, mid = q.popleft()
+            entry = svc.siblings.get(mid)
+            if entry is not None and entry[1] <= exp:
+                del svc.siblings[mid]
+        if watermark_ms > svc.watermark_ms:
+            svc.watermark_ms = watermark_ms
+            if watermark_ms >= svc.next_close_ms:
+                self._close_buckets(svc, watermark_ms, out)
+            if self.incidents.open.get(svc.name):
+                out.extend(self.incidents.expire(svc.name, watermark_ms))
+
+    # --- disclosure ----------------------------------------------------------------------------
+
+    def _index_sibling(self, svc: _Service, ps: ParsedEvent) -> None:
+        """Remember the envelope of copies that could be one of several submissions of a group message."""
+        if len(ps.to.addresses) + len(ps.cc.addresses) < svc.rules.strangers_min:
+            return
+        mid = ps.event.message_id
+        exp = ps.event.sent_at_ms + svc.keep_ms
+        entry = svc.siblings.get(mid)
+        ids = [self.book.id(a) for a in ps.envelope]
+        if entry is None:
+            if len(svc.siblings) >= _MAX_SIBLINGS:
+                svc.siblings.pop(next(iter(svc.siblings)))
+            svc.siblings[mid] = [set(ids), exp]
+        else:
+            entry[0].update(ids)
+            if exp > entry[1]:
+                entry[1] = exp
+        svc.sibling_q.append((exp, mid))
+
+    def _disclosure(self, svc: _Service, ps: ParsedEvent, out: list[Alert]) -> None:
+        book = self.book
+        sig = disclosure_signals(ps, svc.rules, lambda vis: fingerprint_ids(book.id(a) for a in vis))
+        if sig.verdict == FIRE:
+            kinds = sig.kinds
+            self._fire(svc, _Meta.of(ps.event), sig, kinds, sig.severity,
+                       [book.info(a) for a in disclosed_addresses(ps, sig, kinds)],
+                       {book.id(a) for a in ps.envelope}, sig.fingerprint if BCC_HEADER not in kinds else None,
+                       _disclosure_evidence(sig, svc, book, self.cfg.evidence_sample, ps.visible), out)
+            return
+        if sig.verdict != WAIT:
+            return
+        meta = _Meta.of(ps.event)
+        r = svc.rules
+        if r.repeat_copies and meta.campaign and sig.fingerprint:
+            # One visible list on several distinct messages of a campaign is a template bug, not a thread.
+            key = (meta.campaign, sig.fingerprint)
+            entry = svc.repeat.get(key)
+            if entry is None or entry[1] < meta.sent_at_ms:
+                entry = svc.repeat[key] = [set(), 0]
+                if len(svc.repeat) > _MAX_REPEAT:
+                    svc.repeat.popitem(last=False)
+            entry[0].add(meta.message_id)
+            entry[1] = meta.sent_at_ms + svc.keep_ms
+            svc.repeat.move_to_end(key)
+            if len(entry[0]) >= r.repeat_copies:
+                ev = _disclosure_evidence(sig, svc, book, self.cfg.evidence_sample, ps.visible)
+                ev["repeated_on_messages"] = len(entry[0])
+                self._fire(svc, meta, sig, (VISIBLE_DISCLOSURE,), "critical",
+                           [book.info(a) for a in ps.visible], {book.id(a) for a in ps.envelope},
+                           sig.fingerprint, ev, out)
+                return
+        self._seq += 1
+        self.stats["waits"] += 1
+        p = _Pending(
+            deadline_ms=meta.sent_at_ms + svc.wait_ms, seq=self._seq, meta=meta,
+            sig=_strip(sig), stranger_ids=tuple(book.id(a) for a in sig.strangers),
+            disclosed=tuple(book.info(a) for a in ps.visible),
+            envelope_ids=frozenset(book.id(a) for a in ps.envelope), fingerprint=sig.fingerprint,
+        )
+        heapq.heappush(svc.pending, p)
+        if len(svc.pending) > self.cfg.max_pending:
+            self._decide(svc, heapq.heappop(svc.pending), out)
+
+    def _decide(self, svc: _Service, p: _Pending, out: list[Alert]) -> None:
+        entry = svc.siblings.get(p.meta.message_id)
+        accounted = entry[0] if entry is not None else p.envelope_ids
+        left = [s for s in p.stranger_ids if s not in accounted]
+        if len(left) < svc.rules.strangers_min:
+            self.stats["waits_cleared"] += 1
+            return
+        self.stats["waits_fired"] += 1
+        ev = dict(_evidence_base(p.sig, svc))
+        ev["strangers_unaccounted"] = len(left)
+        ev["sibling_submissions_checked"] = True
+        ev["group_wait_s"] = svc.rules.group_wait_s
+        left_set = set(left)
+        ev["sample"] = [a.masked for a in p.disclosed if a.id in left_set][: self.cfg.evidence_sample]
+        self._fire(svc, p.meta, p.sig, (VISIBLE_DISCLOSURE,), "warning", list(p.disclosed), set(p.envelope_ids),
+                   p.fingerprint, ev, out)
+
+    def _fire(self, svc: _Service, meta: _Meta, sig: Signals, kinds: tuple[str, ...], severity: str,
+              disclosed: list[AddrInfo], envelope_ids: set[int], fp: str | None, evidence: dict,
+              out: list[Alert]) -> None:
+        kind = kinds[0]
+        inc, new = self.incidents.open_or_get(svc.name, meta.scope, DISCLOSURE, meta.sent_at_ms, kind, severity)
+        if self.incidents.seen_trigger(inc, meta.event_id):
+            return
+        evidence["kinds"] = list(kinds)
+        exposed = None
+        if self.hasher is not None:
+            exposed = exposed_in_copy(disclosed, envelope_ids)
+            rows = exposure_rows(inc.id, meta.event_id, meta.sent_at_ms, exposed, self.book.key_id)
+            self._exposures.extend(rows)
+            self.stats["exposure_rows"] += len(rows)
+        _count_exposed(inc, fp, disclosed, envelope_ids, exposed)
+        alert = self.incidents.record(
+            inc, new, kind=kind, severity=severity, event_id=meta.event_id, sent_at_ms=meta.sent_at_ms,
+            campaign=meta.campaign, template=meta.template, copies=1,
+            summary=_disclosure_summary(svc.name, meta, sig, kind, evidence), evidence=evidence,
+        )
+        if alert is not None:
+            out.append(alert)
+
+    # --- spikes --------------------------------------------------------------------------------
+
+    def _spikes(self, svc: _Service, ps: ParsedEvent, out: list[Alert]) -> None:
+        e = ps.event
+        t = e.sent_at_ms
+        start = t - t % svc.bucket_ms
+        self._count(svc, svc.volume, start, e)
+        if svc.spikes.per_campaign:
+            scope = e.campaign or e.template
+            if scope:
+                series = svc.keyed.get(scope)
+                if series is None:
+                    series = svc.keyed[scope] = _Series(scope, self.spike_factory())
+                    if len(svc.keyed) > svc.spikes.max_keys:
+                        svc.keyed.popitem(last=False)
+                else:
+                    svc.keyed.move_to_end(scope)
+                self._count(svc, series, start, e)
+        n = len(set(ps.envelope))
+        r = svc.recip.update(t / 1000.0, n)
+        if r.alert and n >= svc.spikes.min_recipients:
+            ev = _spike_evidence(r)
+            ev.update(recipients=n, min_recipients=svc.spikes.min_recipients)
+            self._fire_spike(svc, "recipient_spike", "", _Meta.of(e), 1, ev,
+                             f"{svc.name}: one message went to {n} envelope recipients, far above this "
+                             f"service's usual recipients per message.", out)
+
+    def _count(self, svc: _Service, series: _Series, start: int, e: Event) -> None:
+        if series.closed_until_ms is not None and start < series.closed_until_ms:
+            return                                      # late for a closed bucket: counted in stats only
+        b = series.buckets.get(start)
+        if b is None:
+            b = series.buckets[start] = _Bucket()
+            end = start + svc.bucket_ms
+            if end < svc.next_close_ms:
+                svc.next_close_ms = end
+        b.count += 1
+        if (e.sent_at_ms, e.event_id) > (b.trig_ms, b.trig_id):
+            b.trig_ms, b.trig_id, b.campaign, b.template = e.sent_at_ms, e.event_id, e.campaign, e.template
+        series.last_event_ms = max(series.last_event_ms, e.sent_at_ms)
+
+    def _close_buckets(self, svc: _Service, watermark_ms: int, out: list[Alert]) -> None:
+        bms = svc.bucket_ms
+        nxt = 1 << 62
+        series_list = ([svc.volume] if svc.volume is not None else []) + list(svc.keyed.values())
+        idle = svc.spikes.key_idle_s * 1000
+        for series in series_list:
+            if series.buckets:
+                for start in sorted(series.buckets):
+                    if start + bms > watermark_ms:
+                        nxt = min(nxt, start + bms)
+                        break
+                    self._close_one(svc, series, start, series.buckets.pop(start), out)
+            if series.scope and not series.buckets and series.last_event_ms + idle < watermark_ms:
+                svc.keyed.pop(series.scope, None)
+        svc.next_close_ms = nxt
+
+    def _close_one(self, svc: _Service, series: _Series, start: int, b: _Bucket, out: list[Alert]) -> None:
+        bms = svc.bucket_ms
+        if series.closed_until_ms is not None and start > series.closed_until_ms:
+            # A lull: the empty buckets are information too (zeros), up to a cap.
+            gap_from = max(series.closed_until_ms, start - svc.spikes.fill_gap_buckets * bms)
+            for z in range(gap_from, start, bms):
+                series.det.update(z / 1000.0, 0)
+        series.closed_until_ms = start + bms
+        r = series.det.update(start / 1000.0, b.count)
+        if r.alert and b.count >= svc.spikes.min_messages_per_bucket:
+            ev = _spike_evidence(r)
+            ev.update(messages=b.count, bucket_s=svc.spikes.bucket_s, bucket_start=format_time(start),
+                      min_messages_per_bucket=svc.spikes.min_messages_per_bucket)
+            if series.scope:
+                ev["scope"] = series.scope
+            meta = _Meta(b.trig_id, b.trig_ms, svc.name, b.campaign, b.template, "")
+            where = f"{svc.name} ({series.scope})" if series.scope else svc.name
+            self._fire_spike(svc, "volume_spike", series.scope, meta, b.count, ev,
+                             f"{where}: {b.count} messages in the {svc.spikes.bucket_s} s from "
+                             f"{format_time(start)[11:19]}Z, far above the usual volume.", out)
+
+    def _fire_spike(self, svc: _Service, kind: str, scope: str, meta: _Meta, copies: int, evidence: dict,
+                    summary: str, out: list[Alert]) -> None:
+        severity = "warning"
+        inc, new = self.incidents.open_or_get(svc.name, scope, SPIKE, meta.sent_at_ms, kind, severity)
+        if self.incidents.seen_trigger(inc, f"{meta.event_id}:{kind}"):
+            return
+        alert = self.incidents.record(
+            inc, new, kind=kind, severity=severity, event_id=meta.event_id, sent_at_ms=meta.sent_at_ms,
+            campaign=meta.campaign, template=meta.template, copies=copies, summary=summary, evidence=evidence)
+        if alert is not None:
+            out.append(alert)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _strip(sig: Signals) -> Signals:
+    """A waiting copy keeps its figures but not its raw stranger addresses."""
+    return replace(sig, strangers=(), bcc_exposed=())
+
+
+def _count_exposed(inc: Incident, fp: str | None, disclosed: list[AddrInfo], envelope_ids: set[int],
+                   exposed: list[tuple[AddrInfo, int]] | None) -> None:
+    """Add a copy's exposed addresses to the incident, skipping visible lists already fully counted.
+
+    In a concatenated-To leak every copy carries the same long list. Its first copy exposes all of
+    it but the one address it was delivered to; any copy delivered elsewhere completes it. The cache
+    (fingerprint -> FULL, or the one id still missing) keeps every later copy O(1); it is only a
+    shortcut, since adding an id twice is harmless.
+    """
+    cache = inc.exposure_fps
+    state = cache.get(fp) if fp is not None else None
+    if state == _FULL:
+        return
+    if state is not None:
+        if envelope_ids and envelope_ids != {state}:
+            inc.exposed.add(state)
+            cache[fp] = _FULL
+        return
+    if exposed is None:
+        exposed = exposed_in_copy(disclosed, envelope_ids)
+    add = inc.exposed.add
+    for a, _ in exposed:
+        add(a.id)
+    if fp is None or not envelope_ids:
+        return
+    if len(cache) >= _FP_CACHE:
+        cache.clear()
+    if len(envelope_ids) >= 2:
+        cache[fp] = _FULL
+    else:
+        (only,) = envelope_ids
+        cache[fp] = only if any(a.id == only for a in disclosed) else _FULL
+
+
+def _evidence_base(sig: Signals, svc: _Service) -> dict[str, Any]:
+    r = svc.rules
+    ev: dict[str, Any] = {
+        "visible": sig.visible,
+        "envelope": sig.envelope,
+        "domains": sig.domains,
+        "thresholds": {"strangers_min": r.strangers_min, "strangers_critical": r.strangers_critical,
+                       "visible_max": r.visible_max},
+    }
+    if sig.fingerprint:
+        ev["visible_fingerprint"] = sig.fingerprint
+    return ev
+
+
+def _disclosure_evidence(sig: Signals, svc: _Service, book: AddressBook, sample_n: int,
+                         visible: tuple[str, ...] = ()) -> dict[str, Any]:
+    ev = _evidence_base(sig, svc)
+    ev["strangers"] = len(sig.strangers)
+    if sig.concatenated:
+        ev["concatenated_header"] = sig.concatenated
+    if sig.open_list:
+        ev["open_list_domains"] = sig.domains
+    if sig.run_together:
+        ev["run_together"] = True
+    if sig.bcc_exposed:
+        ev["bcc_exposed"] = len(sig.bcc_exposed)
+    sample_from = sig.strangers or sig.bcc_exposed or (visible if sig.open_list else ())
+    ev["sample"] = [book.info(a).masked for a in sample_from[:sample_n]]
+    return ev
+
+
+def _disclosure_summary(service: str, meta: _Meta, sig: Signals, kind: str, ev: dict) -> str:
+    where = f"{service} ({meta.scope})" if meta.scope else service
+    if kind == CONCATENATED_TO:
+        return (f"{where}: a copy's {ev.get('concatenated_header', 'to').capitalize()} header lists "
+                f"{sig.visible} addresses, {ev.get('strangers', 0)} of them not recipients of the copy "
+                f"— a concatenated recipient list.")
+    if kind == RUN_TOGETHER:
+        return f"{where}: a copy's To/Cc header has addresses run together with no separator."
+    if kind == BCC_HEADER:
+        return (f"{where}: a Bcc header was left in the sent copy, showing {ev.get('bcc_exposed', 0)} "
+                f"blind-copied addresses to the other recipients.")
+    if "strangers_unaccounted" in ev:
+        return (f"{where}: a copy shows {ev['strangers_unaccounted']} addresses that received neither "
+                f"this copy nor any other submission of the same message.")
+    if ev.get("repeated_on_messages"):
+        return (f"{where}: {ev['repeated_on_messages']} messages of this campaign show the same list of "
+                f"{sig.visible} addresses to recipients who are not on it.")
+    if sig.open_list and not ev.get("strangers"):
+        return (f"{where}: one message shows {sig.visible} recipients from {sig.domains} domains to each "
+                f"other (Cc/To instead of Bcc).")
+    return (f"{where}: a copy shows {ev.get('strangers', 0)} addresses to recipients who are not on it "
+            f"({sig.visible} visible, {sig.envelope} envelope).")
+
+
+_EVIDENCE_FIELDS = ("score", "baseline", "scale", "threshold", "z", "value", "expected", "warm", "n")
+
+
+def _spike_evidence(r) -> dict[str, Any]:
+    """The detector's figures, rounded so the JSON is stable and readable."""
+    ev: dict[str, Any] = {}
+    names = getattr(r, "__dataclass_fields__", None) or getattr(r, "__slots__", None) or vars(r)
+    for name in names:
+        if name.startswith("_") or name == "alert":
+            continue
+        v = getattr(r, name, None)
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            ev[name] = v
+        elif isinstance(v, int):
+            ev[name] = v
+        elif isinstance(v, float):
+            ev[name] = round(v, 6) if v == v and abs(v) != float("inf") else None
+    return ev

@@ -1,0 +1,172 @@
+"""Per-message disclosure signals: what one sent copy shows to whom.
+
+Pure functions over a ``ParsedEvent`` (no state, no I/O), so the same verdict is reached live, in a
+backtest and in a unit test. The engine adds what needs memory: sibling submissions of one
+Message-ID (the ``wait`` verdict) and lists repeating across a campaign.
+
+The central notion is the *stranger*: a visible (To/Cc) address that is not an envelope recipient of
+this copy. A copy shows its strangers to people they were not sent to. Normal mail has none
+(transactional, one-To-per-copy newsletters, a group thread sent as one submission) or has them only
+because the same message went out as several submissions, one per recipient — which is why a copy with
+a few strangers waits for its siblings instead of firing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+from mailaudit.config import DisclosureRules
+from mailaudit.ingest.parsed import ParsedEvent
+
+FIRE = "fire"        # alert now, on this copy
+WAIT = "wait"        # a few strangers: decide after the group wait, once siblings had a chance to arrive
+BENIGN = "benign"
+
+CONCATENATED_TO = "concatenated_to"
+RUN_TOGETHER = "run_together"
+VISIBLE_DISCLOSURE = "visible_disclosure"
+BCC_HEADER = "bcc_header"
+
+# When one copy shows several problems, the alert names the most specific one; the others go in evidence.
+KIND_PRIORITY = (CONCATENATED_TO, VISIBLE_DISCLOSURE, RUN_TOGETHER, BCC_HEADER)
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    visible: int                      # distinct To+Cc addresses
+    envelope: int                     # distinct envelope recipients
+    strangers: tuple[str, ...]        # visible, not envelope recipients of this copy (header order)
+    domains: int                      # distinct visible domains
+    run_together: bool                # To/Cc addresses written with no separator
+    bcc_exposed: tuple[str, ...]      # Bcc-header addresses that some other recipient of the copy can read
+    concatenated: str | None          # "to" / "cc": a header holding a mass list with strangers in it
+    open_list: bool                   # a long visible list over many domains, all recipients (Cc-not-Bcc)
+    undisclosed: bool                 # an empty group ("undisclosed-recipients:;") and nothing else visible
+    fingerprint: str | None           # of the visible list (>= 2 addresses): spots one list repeating
+    verdict: str                      # FIRE / WAIT / BENIGN
+    kinds: tuple[str, ...]            # alert kinds that fire now, most specific first
+    severity: str | None              # of the alert when FIRE
+
+    @property
+    def kind(self) -> str | None:
+        return self.kinds[0] if self.kinds else None
+
+
+def default_fingerprint(addresses: tuple[str, ...]) -> str:
+    """Order-independent digest of a visible list, so copies of one campaign with one list compare equal."""
+    h = hashlib.blake2b(digest_size=8)
+    for a in sorted(addresses):
+        h.update(a.encode("utf-8", "surrogatepass"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def disclosure_signals(
+    ps: ParsedEvent,
+    rules: DisclosureRules,
+    fingerprint: Callable[[tuple[str, ...]], str] = default_fingerprint,
+) -> Signals:
+    visible = ps.visible
+    envelope = set(ps.envelope)
+    n_visible = len(visible)
+    to, cc, bcc = ps.to, ps.cc, ps.bcc
+
+    # Fast path: the bulk of real traffic (one visible address, no Bcc header, clean syntax).
+    if n_visible <= 1 and not bcc.addresses and not to.run_together and not cc.run_together:
+        strangers = tuple(a for a in visible if a not in envelope)
+        return Signals(
+            visible=n_visible, envelope=len(envelope), strangers=strangers,
+            domains=n_visible, run_together=False, bcc_exposed=(), concatenated=None,
+            open_list=False, undisclosed=n_visible == 0 and (to.group or cc.group),
+            fingerprint=None, verdict=BENIGN, kinds=(), severity=None,
+        )
+
+    strangers = tuple(a for a in visible if a not in envelope)
+    n_strangers = len(strangers)
+    domains = len({a.rpartition("@")[2] for a in visible})
+
+    concatenated = None
+    for name, header in (("to", to), ("cc", cc)):
+        header_strangers = sum(1 for a in set(header.addresses) if a not in envelope)
+        if header_strangers >= rules.strangers_min and (
+            header.count >= rules.visible_max or header_strangers >= rules.strangers_critical
+        ):
+            concatenated = name
+            break
+
+    open_list = bool(
+        rules.open_list_domains
+        and n_visible >= rules.visible_max
+        and domains >= rules.open_list_domains
+        and len(envelope) >= 2
+    )
+
+    # RFC 5322 allows the copy delivered to a Bcc recipient to carry a Bcc: naming that recipient only;
+    # a Bcc address is disclosed when somebody else receives the copy.
+    bcc_exposed: tuple[str, ...] = ()
+    if bcc.addresses:
+        bcc_exposed = tuple(
+            b for b in dict.fromkeys(bcc.addresses) if any(e != b for e in envelope)
+        )
+
+    run_together = to.run_together or cc.run_together
+
+    kinds: list[str] = []
+    severity = None
+    if concatenated == "to":
+        kinds.append(CONCATENATED_TO)
+    if n_strangers >= rules.strangers_critical or concatenated == "cc" or open_list:
+        kinds.append(VISIBLE_DISCLOSURE)
+    if kinds:
+        severity = "critical"
+    if run_together and rules.run_together:
+        kinds.append(RUN_TOGETHER)
+        if n_strangers >= rules.strangers_min:
+            severity = "critical"
+        else:
+            severity = severity or "warning"
+    if bcc_exposed and rules.bcc_header:
+        kinds.append(BCC_HEADER)
+        if len(bcc_exposed) >= rules.strangers_critical:
+            severity = "critical"
+        else:
+            severity = severity or "warning"
+
+    if kinds:
+        verdict = FIRE
+    elif n_strangers >= rules.strangers_min:
+        verdict = WAIT
+    else:
+        verdict = BENIGN
+
+    return Signals(
+        visible=n_visible,
+        envelope=len(envelope),
+        strangers=strangers,
+        domains=domains,
+        run_together=run_together,
+        bcc_exposed=bcc_exposed,
+        concatenated=concatenated,
+        open_list=open_list,
+        undisclosed=n_visible == 0 and (to.group or cc.group),
+        fingerprint=fingerprint(visible) if n_visible >= 2 else None,
+        verdict=verdict,
+        kinds=tuple(k for k in KIND_PRIORITY if k in kinds),
+        severity=severity,
+    )
+
+
+def disclosed_addresses(ps: ParsedEvent, sig: Signals, kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """The addresses a leaking copy put in front of its recipients, for the given fired kinds.
+
+    A Bcc-only finding discloses the Bcc addresses (the visible list is the normal one); every other
+    kind discloses the visible list, plus the Bcc addresses when that header leaked too.
+    """
+    out: tuple[str, ...] = ()
+    if any(k != BCC_HEADER for k in kinds):
+        out = ps.visible
+    if BCC_HEADER in kinds and sig.bcc_exposed:
+        out = tuple(dict.fromkeys(out + sig.bcc_exposed))
+    return out
