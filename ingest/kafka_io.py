@@ -98,3 +98,14 @@ def ensure_topics(
         return sorted(created)
     finally:
         admin.close()
+
+
+def missing_topics(kcfg: KafkaConfig, topics: Iterable[str], timeout_ms: int = 5000) -> list[str]:
+    """Which of ``topics`` do not exist. Raises a ``KafkaError`` (``NoBrokersAvailable``) when no broker
+    answers within ``timeout_ms``: the quick probe a CLI verb runs before it starts to send."""
+    admin = make_admin(kcfg, bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms)
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    return [t for t in topics if t not in existing]
