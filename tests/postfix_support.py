@@ -100,7 +100,11 @@ class Postfix:
         return self.base / "etc"
 
     def write_config(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o755)
+        for parent in self.base.parents:       # Postfix daemons run as `postfix` and must reach the queue
+            if not parent.stat().st_mode & 0o001:
+                raise RuntimeError(f"{parent} is not searchable by the postfix user (chmod o+x)")
         for d in ("etc", "spool", "data"):
             (self.base / d).mkdir(parents=True, exist_ok=True)
         (self.base / "etc" / "main.cf").write_text(main_cf(self.base, self.milter_port, self.sink_port))
