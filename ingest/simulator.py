@@ -15,7 +15,8 @@ daily rhythm), newsletter and promotions (bursty campaigns), internal (colleague
 keying events by service spreads them across partitions.
 
 ``rate`` is the mean benign rate over a day (events/s); with ``rhythm=True`` the momentary rate of
-the rhythmic services follows the hour of day (UTC) and campaigns come in bursts.
+the rhythmic services follows the hour of day (UTC), and campaigns send at ``burst`` times their
+mean rate then pause. ``rhythm=False, burst=1`` gives a steady stream (for latency benchmarks).
 """
 
 from __future__ import annotations
@@ -324,14 +325,15 @@ def _transactional(g: _Gen, service: str, t0: float, t_end: float, rate: float, 
         )
 
 
-def _campaigns(g: _Gen, service: str, t0: float, t_end: float, rate: float, first_at: float) -> Iterator[Event]:
-    """Campaigns back to back: a burst of one-To copies at ~8x the mean rate, then silence, so the
-    long-run mean is ``rate``."""
+def _campaigns(g: _Gen, service: str, t0: float, t_end: float, rate: float, first_at: float,
+               burst_factor: float) -> Iterator[Event]:
+    """Campaigns back to back: a burst of one-To copies at ``burst_factor`` x the mean rate, then
+    silence, so the long-run mean is ``rate``."""
     rng, pop = g.rng, g.pop
     from_, prefix, templates = _CAMPAIGN[service]
     t = t0 + first_at
     seq = 0
-    burst = max(rate * 8.0, 20.0)
+    burst = max(rate * burst_factor, 20.0 if burst_factor > 1 else rate)
     while t < t_end:
         seq += 1
         copies = max(20, int(max(50.0, rate * 120.0) * rng.uniform(0.5, 1.5)))
@@ -578,7 +580,7 @@ class Simulator:
     """
 
     def __init__(self, seed: int = 1, start_ms: int = 1_793_604_600_000, rate: float = 100.0,
-                 services: Iterable[str] | None = None, rhythm: bool = True,
+                 services: Iterable[str] | None = None, rhythm: bool = True, burst: float = 8.0,
                  n_users: int = 100_000, n_employees: int = 600):
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -586,6 +588,9 @@ class Simulator:
         self.start_ms = int(start_ms)
         self.rate = float(rate)
         self.rhythm = rhythm
+        if burst < 1:
+            raise ValueError("burst must be >= 1 (1 = campaigns at their mean rate)")
+        self.burst = float(burst)
         names = list(SERVICES) if services is None else list(services)
         unknown = [s for s in names if s not in SERVICES]
         if unknown or not names:
@@ -627,7 +632,9 @@ class Simulator:
                 streams.append(_transactional(g, service, t0, t_end, rate, table))
             elif service in _CAMPAIGN:
                 first = rng.uniform(0.0, 5.0) if service == "newsletter" else rng.uniform(5.0, 30.0)
-                streams.append(_campaigns(g, service, t0, t_end, rate, first))
+                if self.burst == 1:
+                    first = 0.0
+                streams.append(_campaigns(g, service, t0, t_end, rate, first, self.burst))
             elif service == "internal":
                 streams.append(_internal(g, t0, t_end, rate, table))
             elif service == "support":

@@ -150,6 +150,14 @@ def test_daily_rhythm():
     assert 0.8 * 50 * 600 < flat_night < 1.2 * 50 * 600
 
 
+def test_steady_mode_has_no_bursts():
+    evs = list(Simulator(seed=1, start_ms=START, rate=200, rhythm=False, burst=1).events(300))
+    per10 = collections.Counter((e.sent_at_ms - START) // 10_000 for e in evs)
+    assert len(per10) == 30
+    assert max(per10.values()) < 1.3 * min(per10.values())
+    assert 0.85 * 200 * 300 < len(evs) < 1.15 * 200 * 300
+
+
 def test_services_subset_and_bad_arguments():
     evs = list(Simulator(seed=1, start_ms=START, rate=50, services=["auth", "internal"]).events(60))
     assert {e.service for e in evs} == {"auth", "internal"}

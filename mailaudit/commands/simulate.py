@@ -35,6 +35,8 @@ def configure(p):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--services", default=None, help=f"comma-separated subset of: {', '.join(SERVICES)}")
     p.add_argument("--no-rhythm", action="store_true", help="flat rate instead of the daily rhythm")
+    p.add_argument("--steady", action="store_true",
+                   help="a steady stream: no daily rhythm and campaigns at their mean rate instead of bursts")
     p.add_argument("--start", default=None, metavar="TIME",
                    help="event time of the start, RFC 3339 (default: now; with --jsonl a fixed 2026-11-02T07:30:00Z)")
     p.add_argument("--fast", action="store_true", help="send as fast as possible with synthetic event time")
@@ -77,7 +79,7 @@ def run(args, cfg) -> int:
         start_ms = now_ms
     try:
         sim = Simulator(seed=args.seed, start_ms=start_ms, rate=args.rate, services=services,
-                        rhythm=not args.no_rhythm)
+                        rhythm=not (args.no_rhythm or args.steady), burst=1.0 if args.steady else 8.0)
         events = sim.events(duration, incident=kinds or None, incident_at_s=incident_at,
                             incident_size=args.incident_size, incident_service=args.incident_service)
     except ValueError as e:
