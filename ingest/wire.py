@@ -112,9 +112,12 @@ _MAX_SIZE = 2**32 - 1
 def decode_event(raw: bytes, extra_fields: Iterable[str] = ()) -> Event:
     """Bytes of one Kafka message → ``Event``, or ``MalformedEvent`` saying exactly what is wrong."""
     try:
-        doc = json.loads(raw)
+        # Decode explicitly: json.loads(bytes) would also accept UTF-16/32, and the contract is UTF-8.
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise MalformedEvent("invalid_utf8", f"not UTF-8 at byte {e.start}") from None
+    try:
+        doc = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
         raise MalformedEvent("invalid_json", str(e)[:200]) from None
     return validate_event(doc, extra_fields)

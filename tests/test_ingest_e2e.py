@@ -84,7 +84,8 @@ def test_valid_events_stored_once_malformed_to_dlq_and_errors(make_cfg):
     assert reasons == sorted(r for _, r in MALFORMED)
     # The errors table never holds raw addresses, only a redacted excerpt.
     excerpts = " ".join(r[0] for r in db.execute("SELECT excerpt FROM {db}.errors"))
-    assert "victim@example.org" not in excerpts and "@example.org" in excerpts
+    assert "victim@example.org" not in excerpts and "user900@example.com" not in excerpts
+    assert "u***@example.com" in excerpts and "v***@ex" in excerpts
     # The DLQ has the raw bytes, unchanged, with the reason in a header.
     dlq = _read_topic(cfg, cfg.kafka.topic_dlq, len(MALFORMED))
     assert sorted(r.value for r in dlq) == sorted(m for m, _ in MALFORMED)
