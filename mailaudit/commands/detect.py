@@ -1,0 +1,23 @@
+"""`mailaudit detect`: the detection consumer (its own group) → alerts to ClickHouse, Kafka, webhook."""
+
+from __future__ import annotations
+
+import logging
+
+HELP = "run the detection consumer: mail.headers → alerts (ClickHouse, mail.alerts, webhook), containment"
+
+
+def configure(p):
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
+    p.add_argument("--log-level", default="INFO")
+
+
+def run(args, cfg) -> int:
+    from mailaudit.detect.consumer import DetectConsumer
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    d = DetectConsumer(cfg)
+    d.install_signal_handlers()
+    s = d.run(max_seconds=args.max_seconds)
+    logging.getLogger("mailaudit.detect").info("stopped: events=%d alerts=%d holds=%d", s.events, s.alerts, s.holds)
+    return 0
