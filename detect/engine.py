@@ -36,7 +36,7 @@ from mailaudit.detect.exposure import AddressBook, AddrInfo, ExposureRow, expose
 from mailaudit.detect.incidents import Incident, IncidentTracker
 from mailaudit.detect.signals import (
     BCC_HEADER, CONCATENATED_TO, FIRE, RUN_TOGETHER, VISIBLE_DISCLOSURE, WAIT, Signals, disclosed_addresses,
-    disclosure_signals,
+    disclosure_signals, trivially_benign,
 )
 from mailaudit.ingest.parsed import ParsedEvent, parse_event
 from mailaudit.ingest.wire import Event, format_time
@@ -168,11 +168,12 @@ class DetectionEngine:
         self.hasher = hasher
         self.spike_factory = spike_factory or _default_spike_factory
         self.lateness_ms = int(cfg.lateness_s * 1000)
+        self.max_future_ms = int(cfg.max_future_s * 1000)
         self.book = AddressBook(hasher)
         self.incidents = IncidentTracker(cfg.update_interval_s, cfg.resolve_after_s, cfg.exposed_exact_max, clock)
         self.services: dict[str, _Service] = {}
         self.stats: dict[str, int] = dict.fromkeys(
-            ("events", "late", "waits", "waits_cleared", "waits_fired", "alerts", "exposure_rows"), 0)
+            ("events", "late", "future", "waits", "waits_cleared", "waits_fired", "alerts", "exposure_rows"), 0)
         self._exposures: list[ExposureRow] = []
         self._seq = 0
 
@@ -191,7 +192,10 @@ class DetectionEngine:
             self.stats["late"] += 1
         out: list[Alert] = []
         if t > svc.max_seen_ms:
-            svc.max_seen_ms = t
+            if self.clock is not None and t > self.clock() + self.max_future_ms:
+                self.stats["future"] += 1
+            else:
+                svc.max_seen_ms = t
         self._tick(svc, max(svc.max_seen_ms - self.lateness_ms, svc.watermark_ms),
                    max(svc.max_seen_ms, svc.clock_ms), out, before=ps)
         self._disclosure(svc, ps, out)
@@ -299,6 +303,8 @@ class DetectionEngine:
         svc.sibling_q.append((exp, mid))
 
     def _disclosure(self, svc: _Service, ps: ParsedEvent, out: list[Alert]) -> None:
+        if trivially_benign(ps):
+            return
         book = self.book
         sig = disclosure_signals(ps, svc.rules, lambda vis: fingerprint_ids(book.id(a) for a in vis))
         if sig.verdict == FIRE:
@@ -562,6 +568,9 @@ def _disclosure_summary(service: str, meta: _Meta, sig: Signals, kind: str, ev: 
     if ev.get("repeated_on_messages"):
         return (f"{where}: {ev['repeated_on_messages']} messages of this campaign show the same list of "
                 f"{sig.visible} addresses to recipients who are not on it.")
+    if ev.get("concatenated_header") == "cc":
+        return (f"{where}: a copy's Cc header shows {ev.get('strangers', 0)} addresses that are not "
+                f"recipients of the copy.")
     if sig.open_list and not ev.get("strangers"):
         return (f"{where}: one message shows {sig.visible} recipients from {sig.domains} domains to each "
                 f"other (Cc/To instead of Bcc).")

@@ -152,6 +152,8 @@ class DetectConfig:
     exposed_exact_max: int = 100_000      # distinct exposed addresses counted exactly per incident, then HyperLogLog
     evidence_sample: int = 5              # masked addresses quoted in an alert's evidence
     max_pending: int = 100_000            # copies waiting for siblings per service; beyond it the oldest is decided early
+    max_future_s: float = 300.0           # live only: an event dated further ahead of the wall clock does not move
+                                          # its service's clock (one skewed mailer must not make all else "late")
     model_path: str | None = None
     model_threshold: float | None = None
     checkpoint_dir: str | None = None
