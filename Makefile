@@ -9,7 +9,7 @@ setup:
 	PYTHON=$(PYTHON) bash scripts/setup.sh
 
 run: setup
-	$(PYTHON) -m mailaudit.cli run
+	$(PYTHON) -m mailaudit run
 
 test: setup
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
@@ -22,11 +22,11 @@ test-faults: setup
 	$(PYTHON) -m pytest -q -m faults $(PYTEST_ARGS)
 
 bench: setup
-	$(PYTHON) -m mailaudit.cli bench all --json
+	$(PYTHON) -m mailaudit bench all --json
 
 screenshots: setup
 	$(PYTHON) -m mailaudit.dashboard.screenshots
 
 clean:
-	-$(PYTHON) -m mailaudit.cli stack down
+	-$(PYTHON) -m mailaudit stack down
 	rm -rf .mailaudit build *.egg-info

@@ -11,7 +11,7 @@ def topic_specs(k: KafkaConfig) -> tuple[dict[str, int], dict[str, dict[str, str
     configs = {
         # Raw bytes of malformed events may hold personal data: keep them briefly (documented).
         k.topic_dlq: {"retention.ms": str(k.dlq_retention_ms)},
-        # Latest hold/release per key (service/campaign) is the state; older commands can go.
+        # Latest hold/release per key (the JSON array [service, campaign]) is the state; older ones can go.
         k.topic_control: {"cleanup.policy": "compact"},
     }
     return partitions, configs

@@ -82,4 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a script, this file is "__main__", a second copy of the module; use the real one so
+    # that verbs raising mailaudit.cli.UserError are caught here.
+    from mailaudit.cli import main as _main
+
+    sys.exit(_main())

@@ -52,7 +52,7 @@ def cli(args: list[str], cfg_path: Path | None = None, **kw) -> subprocess.Popen
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILAUDIT_")}
     if cfg_path:
         env["MAILAUDIT_CONFIG"] = str(cfg_path)
-    return subprocess.Popen([sys.executable, "-m", "mailaudit.cli", *args], env=env, **kw)
+    return subprocess.Popen([sys.executable, "-m", "mailaudit", *args], env=env, **kw)
 
 
 class ConsumerThread:
