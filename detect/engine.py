@@ -216,15 +216,21 @@ class DetectionEngine:
 
     def flush(self) -> list[Alert]:
         """End of input: decide every waiting copy, close every bucket, resolve every incident."""
-        out: list[Alert] = []
+        settle, resolve = self.flush_phases()
+        return settle + resolve
+
+    def flush_phases(self) -> tuple[list[Alert], list[Alert]]:
+        """``flush`` in its two phases — per service (sorted): waiting copies and buckets; then every
+        incident resolved, by service — so a backtest sharded by service can merge in the same order."""
+        settle: list[Alert] = []
         for name in sorted(self.services):
             svc = self.services[name]
             while svc.pending:
-                self._decide(svc, heapq.heappop(svc.pending), out)
-            self._close_buckets(svc, 1 << 62, out)
-        out.extend(self.incidents.close_all())
-        self.stats["alerts"] += len(out)
-        return out
+                self._decide(svc, heapq.heappop(svc.pending), settle)
+            self._close_buckets(svc, 1 << 62, settle)
+        resolve = self.incidents.close_all()
+        self.stats["alerts"] += len(settle) + len(resolve)
+        return settle, resolve
 
     def take_exposures(self) -> list[ExposureRow]:
         """Exposure rows produced since the last call (only with a hasher); the caller stores them."""

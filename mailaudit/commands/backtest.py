@@ -12,6 +12,8 @@ def configure(p):
     p.add_argument("file", metavar="FILE.jsonl", help="one wire-format v1 event per line; '-' reads stdin")
     p.add_argument("--exposure-out", metavar="FILE",
                    help="also write exposure rows (hashed, masked) as JSON lines; needs the hash key")
+    p.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help="worker processes, sharded by service (same output as 1); default: one per CPU")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
 
 
@@ -21,6 +23,9 @@ def run(args, cfg) -> int:
 
     hasher = None
     exposure_out = None
+    if args.jobs < 0:
+        raise UserError("--jobs must be 0 (one per CPU) or more")
+    jobs = args.jobs or min(os.cpu_count() or 1, 8)
     if args.exposure_out:
         from mailaudit.ingest.privacy import AddressHasher
         hasher = AddressHasher(cfg.require_hash_key(), cfg.privacy.hash_key_id)
@@ -35,7 +40,7 @@ def run(args, cfg) -> int:
             except OSError as e:
                 raise UserError(f"cannot write {args.exposure_out}: {e.strerror}") from None
         res = run_backtest(src, cfg.detect, sys.stdout, sys.stderr, extra_fields=cfg.privacy.extra_fields,
-                           hasher=hasher, exposure_out=exposure_out)
+                           hasher=hasher, exposure_out=exposure_out, jobs=jobs)
         sys.stdout.flush()
     except BrokenPipeError:          # `mailaudit backtest f | head`: the reader left, not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
