@@ -37,6 +37,7 @@ from mailaudit.detect.outbox import Outbox
 from mailaudit.detect.sinks import ClickHouseSink, KafkaSink, SinkWorker, WebhookSink
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
+from mailaudit.ingest.metrics import DetectMetrics, update_lag
 from mailaudit.ingest.parsed import parse_event
 from mailaudit.ingest.privacy import AddressHasher
 from mailaudit.ingest.wire import MalformedEvent, decode_event
@@ -73,8 +74,12 @@ class _Listener(ConsumerRebalanceListener):
 
 class DetectConsumer:
     def __init__(self, cfg: Config, consumer=None, producer=None, db: Database | None = None,
-                 stop_event: threading.Event | None = None, commit_interval_s: float = 1.0, clock=wall_ms):
+                 stop_event: threading.Event | None = None, commit_interval_s: float = 1.0, clock=wall_ms,
+                 metrics: DetectMetrics | None = None):
         self.cfg = cfg
+        self.metrics = metrics or DetectMetrics()
+        self._metrics_at = 0.0
+        self._reported_failures: dict[str, int] = {}
         self.clock = clock
         self.hasher = AddressHasher(cfg.require_hash_key(), cfg.privacy.hash_key_id)
         self.engine = DetectionEngine(cfg.detect, clock=clock, hasher=self.hasher)
@@ -184,14 +189,28 @@ class DetectConsumer:
         self._emit(alerts)
         if time.monotonic() - self._last_commit >= self.commit_interval_s:
             self.checkpoint_and_commit()
+        if time.monotonic() - self._metrics_at > 5.0:
+            self._metrics_at = time.monotonic()
+            self._refresh_gauges()
+
+    def _refresh_gauges(self) -> None:
+        update_lag(self.metrics.lag, self.consumer)
+        for w in self.workers:
+            self.metrics.outbox_backlog.labels(w.sink.name).set(self.outbox.backlog(w.sink.name))
+            new = w.failures - self._reported_failures.get(w.sink.name, 0)
+            if new:
+                self.metrics.sink_failures.labels(w.sink.name).inc(new)
+                self._reported_failures[w.sink.name] = w.failures
 
     def _process(self, value: bytes | None) -> list:
         try:
             event = decode_event(value or b"")
         except MalformedEvent:
             self.stats.malformed += 1        # ingest dead-letters it; detection just skips it
+            self.metrics.malformed.inc()
             return []
         self.stats.events += 1
+        self.metrics.events.inc()
         parsed = parse_event(event)
         if parsed.strangers or parsed.has_bcc or parsed.run_together:
             self._envelopes[event.event_id] = (event.service, event.campaign or event.template or "",
@@ -205,9 +224,11 @@ class DetectConsumer:
         for a in alerts:
             control = self.policy.apply(a)
             out.append({"type": "alert", "alert": a.to_dict()})
+            self.metrics.alerts.labels(a.kind, a.severity, a.status).inc()
             if control:
                 out.append(control)
                 self.stats.holds += 1
+                self.metrics.holds.inc()
         self.stats.alerts += len(alerts)
         out.extend(self._exposure_records())
         if out:

@@ -26,6 +26,7 @@ from mailaudit.config import Config
 from mailaudit.ingest.batch import Batch
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
+from mailaudit.ingest.metrics import IngestMetrics, update_lag
 from mailaudit.ingest.privacy import AddressHasher
 from mailaudit.ingest.writer import BatchWriter
 
@@ -58,8 +59,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
 class IngestConsumer:
     def __init__(self, cfg: Config, db: Database | None = None, consumer=None, producer=None,
-                 stop_event: threading.Event | None = None):
+                 stop_event: threading.Event | None = None, metrics: IngestMetrics | None = None):
         self.cfg = cfg
+        self.metrics = metrics or IngestMetrics()
+        self._lag_at = 0.0
         self.db = db or Database(cfg.clickhouse)
         self.hasher = AddressHasher(cfg.require_hash_key(), cfg.privacy.hash_key_id)
         self.consumer = consumer or make_consumer(cfg.kafka, cfg.kafka.ingest_group)
@@ -115,8 +118,12 @@ class IngestConsumer:
                 self.stats.first_record_at = time.monotonic()
             self.batch.submit_many(recs)
             self.stats.consumed += len(recs)
+            self.metrics.events_in.inc(len(recs))
         if self.batch.ready():
             self._flush(retry=True)
+        if time.monotonic() - self._lag_at > 5.0:
+            self._lag_at = time.monotonic()
+            update_lag(self.metrics.lag, self.consumer)
 
     def _flush(self, retry: bool) -> bool:
         batch = self.batch
@@ -131,6 +138,7 @@ class IngestConsumer:
                     break
                 except Exception as e:  # noqa: BLE001 - any write failure is retried, never fatal
                     self.stats.write_failures += 1
+                    self.metrics.write_failures.inc()
                     log.warning("write of %d records failed (%s: %s); retrying in %.1fs",
                                 len(batch), type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", delay)
                     self.db.disconnect()
@@ -157,6 +165,12 @@ class IngestConsumer:
         self.stats.rejected += len(batch.rejected)
         self.stats.batches += 1
         self.stats.batch_seconds.append(time.monotonic() - t0)
+        m = self.metrics
+        m.inserted.inc(len(batch.rows))
+        for r in batch.rejected:
+            m.dlq.labels(r.reason).inc()
+        m.batch_seconds.observe(time.monotonic() - t0)
+        m.batch_size.observe(len(batch))
         if len(self.stats.batch_seconds) > 1000:
             del self.stats.batch_seconds[:500]
         self.batch = self._new_batch()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -14,6 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 from helpers import ConsumerThread, cli, make_event, wait_until, write_config
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.kafka_io import make_producer
+from mailaudit.ingest.metrics import serve
 from mailaudit.ingest.privacy import AddressHasher
 from mailaudit.ingest.schema import migrate
 from mailaudit.ingest.topics import create_topics
@@ -74,10 +76,17 @@ def test_valid_events_stored_once_malformed_to_dlq_and_errors(make_cfg):
     leak = make_event(5000, to=", ".join(f"victim{j}@gmail.com" for j in range(40)), envelope=["victim0@gmail.com"],
                       subject="Your statement")
     _publish(cfg, events + [leak], [m for m, _ in MALFORMED])
-    with ConsumerThread(cfg):
+    with ConsumerThread(cfg) as consumer:
         wait_until(lambda: _count(db) == 301, 60, what="301 events in ClickHouse")
         wait_until(lambda: db.execute("SELECT count() FROM {db}.errors FINAL")[0][0] == len(MALFORMED), 30,
                    what="errors rows")
+        server = serve(consumer.metrics.registry, 0)
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5).read().decode()
+        finally:
+            server.shutdown()
+    assert "mailaudit_ingest_events_inserted_total 301.0" in text
+    assert 'mailaudit_ingest_dlq_total{reason="invalid_json"} 1.0' in text
     ids = {str(r[0]) for r in db.execute("SELECT event_id FROM {db}.events FINAL")}
     assert ids == {e.event_id for e in events + [leak]}
     reasons = sorted(r[0] for r in db.execute("SELECT reason FROM {db}.errors FINAL"))

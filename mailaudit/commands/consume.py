@@ -10,6 +10,8 @@ HELP = "run the ingest consumer: mail.headers → ClickHouse (commit after write
 def configure(p):
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this long (tests, benchmarks)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-addr", default="127.0.0.1", help="address for /metrics (default loopback)")
 
 
 def run(args, cfg) -> int:
@@ -17,6 +19,10 @@ def run(args, cfg) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     c = IngestConsumer(cfg)
+    if args.metrics_port is not None:
+        from mailaudit.ingest.metrics import serve
+
+        serve(c.metrics.registry, args.metrics_port, args.metrics_addr)
     c.install_signal_handlers()
     stats = c.run(max_seconds=args.max_seconds)
     logging.getLogger("mailaudit.ingest").info(

@@ -10,6 +10,8 @@ HELP = "run the detection consumer: mail.headers → alerts (ClickHouse, mail.al
 def configure(p):
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-addr", default="127.0.0.1", help="address for /metrics (default loopback)")
 
 
 def run(args, cfg) -> int:
@@ -17,6 +19,10 @@ def run(args, cfg) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     d = DetectConsumer(cfg)
+    if args.metrics_port is not None:
+        from mailaudit.ingest.metrics import serve
+
+        serve(d.metrics.registry, args.metrics_port, args.metrics_addr)
     d.install_signal_handlers()
     s = d.run(max_seconds=args.max_seconds)
     logging.getLogger("mailaudit.detect").info("stopped: events=%d alerts=%d holds=%d", s.events, s.alerts, s.holds)
