@@ -94,7 +94,7 @@ class _Pending:
 @dataclass(slots=True)
 class _Bucket:
     count: int = 0
-    trig_ms: int = _NEVER            # the bucket's latest (sent_at, event_id): its trigger, order-independent
+    trig_ms: int = _NEVER            # the bucket's trigger event (see _count)
     trig_id: str = ""
     campaign: str | None = None
     template: str | None = None
@@ -431,7 +431,10 @@ class DetectionEngine:
             if end < svc.next_close_ms:
                 svc.next_close_ms = end
         b.count += 1
-        if (e.sent_at_ms, e.event_id) > (b.trig_ms, b.trig_id):
+        # The trigger is independent of arrival order: the bucket's latest event for the service-wide
+        # series, its earliest for a campaign series — so the two never name the same event (and the
+        # same alert_id) for one bucket: the campaign's first event is not the service's last.
+        if b.count == 1 or ((e.sent_at_ms, e.event_id) < (b.trig_ms, b.trig_id)) == bool(series.scope):
             b.trig_ms, b.trig_id, b.campaign, b.template = e.sent_at_ms, e.event_id, e.campaign, e.template
         series.last_event_ms = max(series.last_event_ms, e.sent_at_ms)
 
