@@ -1,0 +1,464 @@
+"""Streaming spike detector for per-service volume and recipients-per-message series.
+
+One instance per series; ``update(ts, value)`` once per observation in event-time order returns a
+:class:`SpikeResult` with a continuous ``score`` in [0, 1], the ``alert`` decision and the figures
+that explain it (``baseline``, ``threshold``, ...), learned from the past and the present only.
+Pure standard library: no I/O, no clock, no randomness, picklable (the detection engine checkpoints
+it), bounded memory (``state_size()`` stops growing once the history is full).
+
+What it models (docs/spike-detector.md has the long version):
+
+* **How rare is this value** for this series: the two-sided tail probability of the value among the
+  last ``memory`` values, with an exponential tail fitted to the ``tail_k`` most extreme ones so a
+  value far beyond anything seen still gets a finite, ordered probability. Runs of consecutive
+  extreme values are stored once, as their peak (extreme-value *declustering*): a surge that lasted
+  ten minutes counts as one past surge, not ten, so the next comparable surge is still rare. A run
+  that goes on for longer than ``excursion_max`` updates is a new regime and is learned normally, so
+  a level shift alerts once and is then the new normal.
+* **How abrupt is it**: the same tail probability for the value minus the mean of the previous
+  ``diff_lag`` values. A surge is both rare and abrupt; slow daily growth is neither.
+* **Is it unusual for this time of day** (only when the series has a clear daily profile): the
+  distance to the median of the same time-of-day slot on the last ``season_days`` days (± one slot),
+  again as a tail probability of its own history, weighted by how much of the series' variation the
+  daily profile explains.
+
+The evidence is the negative log of the joint probability, minus the log of the number of values seen
+(``strength``, in nats): how surprising the value is *given how many chances there were* to see
+something this extreme. A series with 6000 quiet minutes behind it needs a bigger excess to alert than
+one with 200, which is what keeps long benign histories from paging people.
+
+**Alert once**: a spike is reported when its strength exceeds ``alert_strength`` *and* is a new high
+for the current episode (above ``escalation`` x a running peak that decays with a time constant of
+``refractory`` updates); the rows after it that are not stronger score 0. ``score`` is
+``strength / (strength + alert_strength)`` for new evidence (0.5 = the alert line), else 0 — so a
+threshold sweep over ``score`` (NAB) and the default ``alert`` agree at 0.5.
+
+Entry points for offline scoring (NAB's ``score.py``): ``SpikeDetector`` (the result's ``score``),
+``SpikeAlerts`` (``update`` returns the bool alert decision at the default configuration).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from bisect import bisect_left, bisect_right, insort
+from collections import deque
+from typing import Any
+
+__all__ = ["SpikeDetector", "SpikeAlerts", "SpikeResult", "DEFAULTS"]
+
+_EPOCH = _dt.datetime(1970, 1, 1)
+_UTC = _dt.timezone.utc
+_log = math.log
+_exp = math.exp
+_DAY = 86400.0
+_HALF_DAY = 43200.0
+_TINY = 1e-300
+
+# One configuration for every series (NAB and the product alike).
+DEFAULTS: dict[str, Any] = dict(
+    memory=6000,          # values kept per tail (rows): 21 days of 5-min data, ~4 days of 1-min buckets
+    tail_k=32,            # extremes the exponential tail is fitted to
+    decluster_q=0.003,    # values beyond this quantile (each side) form excursions, stored as their peak
+    excursion_max=8,      # an excursion longer than this is a new regime: learned value by value
+    diff_lag=24,          # abruptness: value minus the mean of this many previous values
+    warmup=150,           # updates before any score or alert (the history must say what is normal)
+    season_days=3,        # daily profile: median of the same slot on this many previous days
+    season_tol=1,         # ... also comparing with the neighbouring slots (timing jitter)
+    season_explained=(0.5, 0.2),  # profile weight 0 -> 1 as residual/deviation goes from 0.5 to 0.2
+    refractory=200.0,     # decay time constant (updates) of the episode peak
+    escalation=1.2,       # inside an episode, re-alert only above this x the decayed peak
+    alert_strength=6.0,   # nats of surprise (after the look-elsewhere term) that make an alert
+    two_sided=True,       # also score drops (speed/volume falling off a cliff); direction is reported
+)
+
+
+class SpikeResult:
+    """What one update found. ``score``/``alert`` drive decisions; the rest is alert evidence."""
+
+    __slots__ = ("score", "alert", "strength", "value", "baseline", "expected", "threshold",
+                 "direction", "source", "n", "warm")
+
+    def __init__(self, score: float, alert: bool, strength: float, value: float, baseline: float | None,
+                 expected: float | None, threshold: float | None, direction: str | None, source: str | None,
+                 n: int, warm: bool):
+        self.score = score              # continuous anomaly score in [0, 1]; 0.5 = alert line
+        self.alert = alert              # the default decision: new evidence above the alert line
+        self.strength = strength        # nats of surprise (before the alert-once rule), may be < 0
+        self.value = value              # the observation
+        self.baseline = baseline        # median of the remembered values
+        self.expected = expected        # daily-profile expectation for this time of day (if learned)
+        self.threshold = threshold      # value beyond which the value alone would alert (upper side)
+        self.direction = direction      # "up" / "down" (which tail), None when unremarkable
+        self.source = source            # "value" (rarity x abruptness) or "daily" (time-of-day profile)
+        self.n = n                      # updates seen
+        self.warm = warm                # True once past warm-up
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __repr__(self) -> str:
+        return "SpikeResult(%s)" % ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+
+
+class _Tail:
+    """Tail probabilities of a value among the last ``m`` stored values, with declustered extremes.
+
+    ``srt`` is the sorted history and ``buf`` the same values in arrival order (for eviction).
+    Values beyond the ``q`` quantile on either side that follow each other form an *excursion*,
+    stored once as its most extreme value (always ``buf[-1]`` while it runs, since nothing else is
+    appended meanwhile) until it has lasted ``emax`` values.
+    """
+
+    __slots__ = ("m", "k", "q", "emax", "srt", "buf", "side", "run")
+
+    def __init__(self, m: int, k: int, q: float, emax: int):
+        self.m, self.k, self.q, self.emax = m, k, q, emax
+        self.srt: list[float] = []
+        self.buf: deque[float] = deque()
+        self.side = 0
+        self.run = 0
+
+    def upper(self, r: float) -> float:
+        """P(value >= r), exponential beyond the k-th largest."""
+        s = self.srt
+        n = len(s)
+        k = self.k
+        c = n - bisect_left(s, r)
+        if c >= k:
+            return (c + 1.0) / (n + 1.0)
+        u = s[n - k]
+        beta = sum(s[n - k:]) / k - u
+        if beta <= 0.0:
+            beta = 1e-12 * (abs(u) + 1e-12)
+        return (k / (n + 1.0)) * _exp(-(r - u) / beta)
+
+    def lower(self, r: float) -> float:
+        """P(value <= r), exponential below the k-th smallest."""
+        s = self.srt
+        n = len(s)
+        k = self.k
+        c = bisect_right(s, r)
+        if c >= k:
+            return (c + 1.0) / (n + 1.0)
+        u = s[k - 1]
+        beta = u - sum(s[:k]) / k
+        if beta <= 0.0:
+            beta = 1e-12 * (abs(u) + 1e-12)
+        return (k / (n + 1.0)) * _exp(-(u - r) / beta)
+
+    def upper_quantile_for(self, p: float) -> float | None:
+        """The value whose upper tail probability is ``p`` (None when the history is too short)."""
+        s = self.srt
+        n = len(s)
+        k = self.k
+        if n < 2 * k:
+            return None
+        c = int(p * (n + 1.0)) - 1
+        if c >= k:
+            return s[n - c]
+        u = s[n - k]
+        beta = sum(s[n - k:]) / k - u
+        if beta <= 0.0:
+            return u
+        return u + beta * _log(k / ((n + 1.0) * p))
+
+    def add(self, r: float) -> None:
+        s = self.srt
+        n = len(s)
+        if n >= 64:
+            qi = int(self.q * n)
+            side = 1 if r > s[n - 1 - qi] else (-1 if r < s[qi] else 0)
+            if side:
+                if side == self.side and self.run < self.emax:
+                    self.run += 1
+                    old = self.buf[-1]
+                    if (r > old) if side > 0 else (r < old):
+                        del s[bisect_left(s, old)]
+                        insort(s, r)
+                        self.buf[-1] = r
+                    return
+                if side != self.side:
+                    self.side = side
+                    self.run = 1
+            else:
+                self.side = 0
+        insort(s, r)
+        b = self.buf
+        b.append(r)
+        if len(b) > self.m:
+            del s[bisect_left(s, b.popleft())]
+
+    def size(self) -> int:
+        return len(self.srt) + len(self.buf)
+
+
+class _DailyProfile:
+    """Median of the same time-of-day slot on the previous days, and how unusual today's distance is.
+
+    A slot's values of the current day are averaged (per-message series have many per slot) and only
+    join the profile half a day later, so a slot is never compared with today's own values.
+    """
+
+    __slots__ = ("nb", "tol", "days", "vals", "pend_t", "pend_sum", "pend_n", "pred", "tail",
+                 "ead", "ese", "r0", "r1")
+
+    def __init__(self, nb: int, days: int, tol: int, explained: tuple[float, float], tail: _Tail):
+        self.nb, self.tol, self.days = nb, tol, days
+        self.vals: list[list[float]] = [[] for _ in range(nb)]
+        self.pend_t: list[float | None] = [None] * nb
+        self.pend_sum = [0.0] * nb
+        self.pend_n = [0] * nb
+        self.pred: list[float | None] = [None] * nb
+        self.tail = tail
+        self.ead = 0.0                   # EW mean |value - baseline|
+        self.ese = 0.0                   # EW mean |value - profile|
+        self.r0, self.r1 = explained
+
+    def _flush(self, j: int) -> None:
+        v = self.vals[j]
+        v.append(self.pend_sum[j] / self.pend_n[j])
+        if len(v) > self.days:
+            del v[0]
+        w = sorted(v)
+        m = len(w)
+        self.pred[j] = w[m // 2] if m % 2 else 0.5 * (w[m // 2 - 1] + w[m // 2])
+        self.pend_t[j] = None
+
+    def residual(self, t: float, x: float) -> tuple[float | None, float | None, int]:
+        nb = self.nb
+        b = int((t % _DAY) * nb / _DAY)
+        if b >= nb:
+            b = nb - 1
+        best = None
+        expected = None
+        old = t - _HALF_DAY
+        pend_t, pred = self.pend_t, self.pred
+        for j in range(b - self.tol, b + self.tol + 1):
+            j %= nb
+            pt = pend_t[j]
+            if pt is not None and pt <= old:
+                self._flush(j)
+            pj = pred[j]
+            if pj is not None:
+                e = x - pj if x > pj else pj - x
+                if best is None or e < best:
+                    best, expected = e, pj
+        return best, expected, b
+
+    def learn(self, t: float, x: float, b: int, dev: float, best: float | None) -> None:
+        self.ead += 0.01 * (dev - self.ead)
+        if best is not None:
+            self.ese += 0.01 * (best - self.ese)
+            self.tail.add(best)
+        if self.pend_t[b] is None:
+            self.pend_t[b] = t
+            self.pend_sum[b] = x
+            self.pend_n[b] = 1
+        else:
+            self.pend_sum[b] += x
+            self.pend_n[b] += 1
+
+    def weight(self) -> float:
+        if self.ead <= 0.0:
+            return 0.0
+        r = self.ese / self.ead
+        w = (self.r0 - r) / (self.r0 - self.r1)
+        return 0.0 if w <= 0.0 else (1.0 if w >= 1.0 else w)
+
+    def size(self) -> int:
+        return sum(len(v) for v in self.vals) + 5 * self.nb + self.tail.size()
+
+
+def _epoch(ts: Any) -> float:
+    if isinstance(ts, _dt.datetime):
+        if ts.tzinfo is None:
+            return (ts - _EPOCH).total_seconds()
+        return ts.timestamp()
+    return float(ts)
+
+
+class SpikeDetector:
+    """Streaming spike detector for one series (see the module docstring).
+
+    ``SpikeDetector(**overrides)`` accepts the keys of :data:`DEFAULTS`; the defaults are the one
+    configuration used everywhere. ``update(ts, value)`` learns and returns a :class:`SpikeResult`;
+    ``ts`` is a ``datetime`` (naive = UTC) or epoch seconds. River-style ``learn_one`` /
+    ``score_one`` are provided too (``score_one`` does not learn).
+    """
+
+    def __init__(self, **overrides: Any):
+        unknown = set(overrides) - set(DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown SpikeDetector option(s): {', '.join(sorted(unknown))}")
+        cfg = dict(DEFAULTS, **overrides)
+        self.cfg = cfg
+        m, k, q, emax = int(cfg["memory"]), int(cfg["tail_k"]), float(cfg["decluster_q"]), int(cfg["excursion_max"])
+        self._mk = (m, k, q, emax)
+        self._vals = _Tail(m, k, q, emax)
+        self._diffs = _Tail(m, k, q, emax)
+        self._lag: deque[float] = deque()
+        self._lag_n = max(1, int(cfg["diff_lag"]))
+        self._lag_sum = 0.0
+        self._warmup = int(cfg["warmup"])
+        self._decay = _exp(-1.0 / float(cfg["refractory"])) if cfg["refractory"] else 0.0
+        self._esc = float(cfg["escalation"])
+        self._alert = float(cfg["alert_strength"])
+        self._two = bool(cfg["two_sided"])
+        self._peak = 0.0
+        self.n = 0
+        # daily profile: slot width from the median spacing of the first updates
+        self._deltas: list[float] = []
+        self._last_t: float | None = None
+        self._daily: _DailyProfile | None = None
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def update(self, ts: Any, value: float) -> SpikeResult:
+        """Score ``value`` observed at ``ts`` against the past, then learn it."""
+        t = _epoch(ts)
+        x = float(value)
+        if x != x or x in (math.inf, -math.inf):
+            return SpikeResult(0.0, False, 0.0, x, self._baseline(), None, None, None, None, self.n,
+                               self.n >= self._warmup)
+        res, learn = self._evaluate(t, x)
+        self._learn(t, x, learn)
+        return res
+
+    def learn_one(self, x: Any, ts: Any = None) -> "SpikeDetector":
+        """River style: learn ``x`` (a number or ``{"value": v, "ts": t}``) without returning a score."""
+        t, v = self._unpack(x, ts)
+        self.update(t, v)
+        return self
+
+    def score_one(self, x: Any, ts: Any = None) -> float:
+        """River style: the score ``x`` would get now, without learning it."""
+        t, v = self._unpack(x, ts)
+        v = float(v)
+        if v != v or v in (math.inf, -math.inf):
+            return 0.0
+        return self._evaluate(_epoch(t), v, peek=True)[0].score
+
+    def state_size(self) -> int:
+        """Number of floats/slots held (for memory-bound checks): constant once the history is full."""
+        d = self._daily.size() if self._daily is not None else len(self._deltas)
+        return self._vals.size() + self._diffs.size() + len(self._lag) + d
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _unpack(self, x: Any, ts: Any) -> tuple[Any, Any]:
+        if isinstance(x, dict):
+            return x.get("ts", ts if ts is not None else self._last_t or 0.0), x["value"]
+        return (ts if ts is not None else (self._last_t or 0.0)), x
+
+    def _baseline(self) -> float | None:
+        s = self._vals.srt
+        return s[len(s) // 2] if s else None
+
+    def _evaluate(self, t: float, x: float, peek: bool = False):
+        vals = self._vals
+        s = vals.srt
+        n = len(s)
+        k2 = 2 * vals.k
+        strength = -math.inf
+        direction = None
+        source = None
+        baseline = s[n >> 1] if n else None
+        lag = self._lag
+        d = None
+        if len(lag) == self._lag_n:
+            d = x - self._lag_sum / self._lag_n
+        if n >= k2:
+            pu = vals.upper(x)
+            pl = vals.lower(x) if self._two else 1.0
+            if pu <= pl:
+                pv, direction = pu, "up"
+            else:
+                pv, direction = pl, "down"
+            if self._two:
+                pv = min(1.0, 2.0 * pv)
+            pd = 1.0
+            diffs = self._diffs
+            if d is not None and len(diffs.srt) >= k2:
+                # abruptness: a jump (or fall) this large relative to the recent mean
+                pd = diffs.upper(d)
+                pl = diffs.lower(d)
+                pd = 2.0 * (pd if pd < pl else pl)
+                if pd > 1.0:
+                    pd = 1.0
+            strength = -_log(pv * pd + _TINY) - _log(n + 1.0)
+            source = "value"
+        expected = None
+        learn_daily = None
+        daily = self._daily
+        if daily is not None:
+            best, expected, b = daily.residual(t, x)
+            learn_daily = (b, best)
+            w = daily.weight()
+            tail = daily.tail
+            ns = len(tail.srt)
+            if best is not None and w > 0.0 and ns >= k2:
+                ls = w * (-_log(tail.upper(best) + _TINY) - _log(ns + 1.0))
+                if ls > strength:
+                    strength = ls
+                    source = "daily"
+                    direction = "up" if expected is not None and x >= expected else "down"
+        warm = self.n >= self._warmup
+        score = 0.0
+        alert = False
+        new_peak = self._peak * self._decay
+        if warm and strength > 0.0:
+            if strength > self._esc * new_peak:
+                score = strength / (strength + self._alert)
+                alert = strength >= self._alert
+            if strength > new_peak:
+                new_peak = strength
+        if not warm:
+            direction = source = None
+        threshold = None
+        if alert or peek is False and warm and score > 0.0:
+            threshold = vals.upper_quantile_for(_exp(-self._alert) / (n + 1.0) / (2.0 if self._two else 1.0))
+        res = SpikeResult(score, alert, strength if strength != -math.inf else 0.0, x, baseline, expected,
+                          threshold, direction if score > 0.0 else None, source if score > 0.0 else None,
+                          self.n + 1, warm)
+        return res, (d, new_peak, learn_daily, baseline)
+
+    def _learn(self, t: float, x: float, learn) -> None:
+        d, new_peak, learn_daily, baseline = learn
+        self.n += 1
+        self._peak = new_peak
+        self._vals.add(x)
+        if d is not None:
+            self._diffs.add(d)
+        lag = self._lag
+        lag.append(x)
+        self._lag_sum += x
+        if len(lag) > self._lag_n:
+            self._lag_sum -= lag.popleft()
+        if self.n % 4096 == 0:
+            self._lag_sum = math.fsum(lag)     # no drift from running sums
+        daily = self._daily
+        if daily is not None:
+            b, best = learn_daily
+            daily.learn(t, x, b, abs(x - baseline) if baseline is not None else 0.0, best)
+        else:
+            last = self._last_t
+            if last is not None and t > last:
+                self._deltas.append(t - last)
+                if len(self._deltas) >= 16:
+                    dd = sorted(self._deltas)
+                    step = dd[len(dd) // 2]
+                    nb = max(24, min(1440, int(round(_DAY / step))))
+                    m, k, q, emax = self._mk
+                    self._daily = _DailyProfile(nb, int(self.cfg["season_days"]), int(self.cfg["season_tol"]),
+                                                tuple(self.cfg["season_explained"]), _Tail(m, k, q, emax))
+                    self._deltas = []
+        self._last_t = t
+
+
+class SpikeAlerts(SpikeDetector):
+    """The same detector whose ``update`` returns only the alert decision (a bool), for scoring what
+    users actually get (``score.py mailaudit.detect.spikes:SpikeAlerts``)."""
+
+    def update(self, ts: Any, value: float) -> bool:  # type: ignore[override]
+        return super().update(ts, value).alert
