@@ -41,9 +41,11 @@ class Auditor:
         self.counters = Counters()
         self.latency = {"message_overhead": Latency()}
 
-    def audit(self, event: Event, blocked_action: str = "quarantine") -> Decision:
+    def audit(self, event: Event, blocked_action: str = "quarantine", publish_held: bool = True) -> Decision:
         """Decide and publish one submission. ``blocked_action`` names the fate of a stopped message in
-        the published event (the milter quarantines, the smtplib drop-in refuses: ``blocked``)."""
+        the published event (the milter quarantines, the smtplib drop-in refuses: ``blocked``).
+        ``publish_held=False``: a message stopped by a hold is not published (the sender keeps it and
+        sends it after ``release``; that send is the event)."""
         self.counters.inc("messages", service=event.service)
         try:
             decision = self.policy(event)
@@ -53,7 +55,7 @@ class Auditor:
             self.counters.inc("errors", stage="policy")
             decision = Decision(ACCEPT, ACCEPT, None, None)
         self._count(event, decision)
-        if decision.action == TEMPFAIL:
+        if decision.action == TEMPFAIL or (decision.blocked and decision.cause == "hold" and not publish_held):
             return decision
         event.extra["inline_action"] = blocked_action if decision.blocked else ACCEPT
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from mailaudit.ingest.wire import Event
@@ -72,6 +72,18 @@ def resolve_identity(
 
 def lower_senders(senders: Mapping[str, str]) -> dict[str, str]:
     return {k.strip().lower(): v.strip() for k, v in senders.items()}
+
+
+@dataclass
+class Converted:
+    """What a provider payload turned into: events, and what was skipped and why."""
+
+    events: list[Event] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)     # reason -> count
+    notes: list[str] = field(default_factory=list)            # e.g. an SNS subscription to confirm
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
 class HeaderBlock:
@@ -138,3 +150,44 @@ def build_event(
         size_bytes=headers.size() + body_bytes,
         extra=extra,
     )
+
+
+def split_message(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(header block, separator, body) of a serialised message; CRLF or bare LF line ends."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        i = data.find(sep)
+        if i >= 0:
+            return data[:i], sep, data[i + len(sep):]
+    return data, b"", b""
+
+
+def headers_from_bytes(data: bytes) -> HeaderBlock:
+    """The header fields of a serialised message as an MTA's milter sees them: raw values, folding kept
+    (joined with "\\n"), the one space after the colon removed."""
+    block, _, _ = split_message(data)
+    out: list[list[str]] = []
+    for line in block.decode("utf-8", "replace").splitlines():
+        if line[:1] in (" ", "\t") and out:
+            out[-1][1] += "\n" + line
+            continue
+        name, sep, value = line.partition(":")
+        if sep:
+            out.append([name.strip(), value[1:] if value[:1] == " " else value])
+    return HeaderBlock((n, v) for n, v in out)
+
+
+def strip_fields(data: bytes, names: Iterable[str]) -> bytes:
+    """``data`` without the named header fields (continuation lines included); the body is untouched."""
+    drop = {n.lower().encode() for n in names}
+    block, sep, body = split_message(data)
+    nl = b"\r\n" if b"\r\n" in block else b"\n"
+    kept, skipping = [], False
+    for line in block.split(nl):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.partition(b":")[0].strip().lower() in drop
+        if not skipping:
+            kept.append(line)
+    return nl.join(kept) + sep + body

@@ -191,3 +191,52 @@ class Sink:
     def find(self, needle: str) -> list[dict]:
         with self._lock:
             return [m for m in self.messages if needle.encode() in m["content"]]
+
+
+# --- in-process stand-ins for the adapter unit tests (the Postfix test above uses the real ones) ---
+
+class RecordingPublisher:
+    """Publisher stand-in: keeps events; ``capacity`` simulates a full buffer (Kafka down)."""
+
+    def __init__(self, capacity: int | None = None):
+        self.events: list = []
+        self.capacity = capacity
+        self.dropped = 0
+
+    def publish_event(self, event):
+        if self.capacity is not None and len(self.events) >= self.capacity:
+            self.dropped += 1
+            return None
+        self.events.append(event)
+        return event.event_id
+
+    def stats(self):
+        return {"published": len(self.events), "failed": 0, "dropped": self.dropped, "buffered": 0}
+
+    def close(self, timeout=0):
+        pass
+
+
+class StateGuard:
+    """HoldGuard stand-in over the real pure ``HoldState``: holds are applied by the test."""
+
+    ready = True
+
+    def __init__(self):
+        from mailaudit.ingest.publisher import HoldState
+
+        self.state = HoldState()
+
+    def hold(self, service, campaign=None, action="hold", at_ms=None):
+        from mailaudit.ingest.publisher import ControlCommand
+
+        self.state.apply(ControlCommand(action, service, campaign, "test", at_ms or int(time.time() * 1000), "test"))
+
+    def is_held(self, service, campaign=None):
+        return self.state.is_held(service, campaign)
+
+    def holds(self):
+        return self.state.holds()
+
+    def close(self, timeout=0):
+        pass
