@@ -68,7 +68,7 @@ class _Audited:
         mcfg = self.auditor.mcfg
         if not (headers.first("Message-ID") or "").strip():
             # The MTA would add one we never see; add it here so the event and the copy agree.
-            block, sep, body = split_message(data)
+            block = split_message(data)[0]
             nl = b"\r\n" if b"\r\n" in block or not block else b"\n"
             data = f"Message-ID: {make_msgid()}".encode() + nl + data
             headers = headers_from_bytes(data)

@@ -13,7 +13,6 @@ import secrets
 import shutil
 import smtplib
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
