@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ MODES = (MONITOR, ENFORCE)
 QUARANTINE, TEMPFAIL = "quarantine", "tempfail"
 HOLD_ACTIONS = (QUARANTINE, TEMPFAIL)
 SEVERITIES = ("warning", "critical")
+_LISTEN_RE = re.compile(r"^(inet6?:\d{1,5}(@\S+)?|(unix|local):/\S+)$")
 
 
 @dataclass
@@ -73,6 +75,8 @@ class MilterConfig:
         _check_policy(self.policy, "milter.policy")
         for name in self.services:
             _check_policy(self.policy_for(name), f"milter.services.{name}")
+        if not _LISTEN_RE.match(self.listen):
+            raise ConfigError(f"milter.listen must be inet:PORT@HOST, inet6:PORT@HOST or unix:/path (got {self.listen!r})")
         if not self.default_service.strip():
             raise ConfigError("milter.default_service must not be empty")
         if self.buffer_max < 1:

@@ -221,7 +221,7 @@ def bench_milter(n: int = 5000, runs: int = 1, kafka: bool = True, mode: str = "
         stats = auditor.publisher.stats()
     finally:
         if auditor is not None:
-            auditor.close(10)
+            auditor.close(10 if kafka else 0.2)
         if stack is not None:
             stack.down()
         if tmp is not None:

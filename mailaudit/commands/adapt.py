@@ -57,6 +57,8 @@ def run(args, cfg) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    if args.log_level.upper() != "DEBUG":   # kafka-python logs every reconnect; our publisher says it once
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     acfg = getattr(cfg, "adapt", None) or load_adapter_config(
         getattr(args, "adapt_config", None) or getattr(args, "config", None)).adapt
     if args.service:

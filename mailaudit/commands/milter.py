@@ -46,6 +46,8 @@ def run(args, cfg) -> int:
     from mailaudit.adapters.release import HoldReleaser
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.log_level.upper() != "DEBUG":   # kafka-python logs every reconnect; our publisher says it once
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     mcfg = load(args, cfg)
     auditor = Auditor(cfg, mcfg)
     log = logging.getLogger("mailaudit.milter")
