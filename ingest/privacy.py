@@ -1,21 +1,198 @@
 """Keyed hashing and masking of addresses: the audit log must not become the next leak.
 
-STUB: interface fixed, implementation in progress.
+What is stored for an address is ``AddressHasher.hash`` (join key for "who received what", useless
+without the key), ``domain_of`` and ``mask_address`` (enough for a human to recognise a mailbox in an
+alert, not enough to write to it). Free text that may contain addresses (excerpts of malformed
+messages, unparseable header fragments) goes through ``redact_text`` before it is stored or logged.
+
+Pure (no I/O). Nothing here raises on strange input: it runs inside the consumer's hot loop.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
+
+from .addresses import _split_run_together
+
+HASH_HEX_CHARS = 32
+CACHE_MAX = 200_000                       # ~40 MB worst case; cleared when full
+
+# Domain separation: an address is hashed as is, a free text with this prefix. A normalised address
+# never starts with NUL (normalise_address strips control characters at the ends), so no subject
+# can ever hash to the same value as an address.
+_TEXT_PREFIX = b"\x00text\x00"
+
+# Blanks, controls and angle brackets around an address are envelope/header syntax, not address.
+_EDGES_RX = re.compile(r"^[\s\x00-\x20\x7f<>]+|[\s\x00-\x20\x7f<>]+\Z")
+
+
+def _utf8(text: str) -> bytes:
+    # 'surrogatepass': a lone surrogate from a broken JSON escape must not crash the hot loop.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _printable(text: str) -> str:
+    """Make text safe to store: lone surrogates cannot be encoded to UTF-8 by the database driver."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def normalise_address(addr: str) -> str:
+    """The form addresses are compared, hashed and masked in: the parser's own form.
+
+    Idempotent on ``parse_address_list`` output; also accepts what mailers put in envelope lists
+    (``<John@Example.COM>``, surrounding blanks, a trailing root dot).
+    """
+    if not isinstance(addr, str):
+        addr = addr.decode("utf-8", "replace") if isinstance(addr, (bytes, bytearray)) else str(addr)
+    a = _EDGES_RX.sub("", addr).lower()
+    while a.endswith(".") and "@" in a:          # root dot of the domain
+        a = _EDGES_RX.sub("", a[:-1])
+    return a
+
+
+def domain_of(addr: str) -> str:
+    """'John@Example.COM' -> 'example.com'; '' when there is no '@'."""
+    a = normalise_address(addr)
+    at = a.rfind("@")
+    return _printable(a[at + 1:]) if at >= 0 else ""
+
+
+def _mask_local(local: str) -> str:
+    if local.startswith('"'):
+        local = local.strip('"')
+    # One visible character of a one-character local part would be the whole mailbox; a leading '*'
+    # is an earlier mask ("j***"), which must come out the same when text is redacted twice.
+    if len(local) < 2 or local[0] == "*":
+        return "***"
+    return local[0] + "***"
+
 
 def mask_address(addr: str) -> str:
-    """'john.doe@gmail.com' -> 'j***@gmail.com'."""
-    raise NotImplementedError
+    """'john.doe@gmail.com' -> 'j***@gmail.com'; 'j@x.com' -> '***@x.com'; 'johndoe' -> 'j***'.
+
+    The star count is fixed, so the mask does not give away the length of the local part.
+    """
+    a = normalise_address(addr)
+    if not a:
+        return ""
+    at = a.rfind("@")
+    if at < 0:
+        return _printable(_mask_local(a))
+    return _printable(_mask_local(a[:at]) + a[at:])
+
+
+def _mac(key: bytes, data: bytes) -> str:
+    return hmac.new(key, data, hashlib.sha256).hexdigest()[:HASH_HEX_CHARS]
+
+
+def _check_key(key) -> bytes:
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if not isinstance(key, (bytes, bytearray)):
+        raise TypeError("hash key must be bytes")
+    if not key:
+        raise ValueError("hash key must not be empty")
+    return bytes(key)
+
+
+def hash_text(key: bytes, text: str) -> str:
+    """Keyed hash of a free text (subjects, for grouping); never equal to any address hash."""
+    return _mac(_check_key(key), _TEXT_PREFIX + _utf8(text if isinstance(text, str) else str(text)))
 
 
 class AddressHasher:
-    """HMAC-SHA256(key, normalised address) -> 32 hex chars; caches within a batch."""
+    """HMAC-SHA256(key, normalised address) -> 32 hex chars; caches within a batch.
 
-    def __init__(self, key: bytes, key_id: str = "k1"):
-        raise NotImplementedError
+    A batch repeats addresses (From:, envelope vs To:), and an HMAC costs a few microseconds, so
+    results are remembered; the cache is cleared when it reaches ``cache_max`` entries, which bounds
+    memory without the bookkeeping of a true LRU.
+    """
+
+    __slots__ = ("key_id", "_key", "_cache", "_cache_max")
+
+    def __init__(self, key: bytes, key_id: str = "k1", cache_max: int = CACHE_MAX):
+        self._key = _check_key(key)
+        self.key_id = key_id
+        self._cache: dict[str, str] = {}
+        self._cache_max = max(1, int(cache_max))
+
+    def __repr__(self) -> str:               # never show the key
+        return f"AddressHasher(key_id={self.key_id!r})"
 
     def hash(self, addr: str) -> str:
-        raise NotImplementedError
+        h = self._cache.get(addr)
+        if h is not None:
+            return h
+        h = _mac(self._key, _utf8(normalise_address(addr)))
+        cache = self._cache
+        if len(cache) >= self._cache_max:
+            cache.clear()
+        cache[addr] = h
+        return h
+
+    def hash_many(self, addrs) -> list[str]:
+        get = self._cache.get
+        out = []
+        for a in addrs:
+            h = get(a)
+            out.append(h if h is not None else self.hash(a))
+        return out
+
+    def hash_text(self, text: str) -> str:
+        return hash_text(self._key, text)
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+# --------------------------------------------------------------------------------------------------
+# Redaction of free text
+
+# An '@' as written in raw text: escaped in JSON, URLs or HTML it is still an '@' to a reader.
+_ESCAPED_AT_RX = re.compile(r"\\u0040|%40|&#0*64;|&#x0*40;", re.I)
+# Characters that can belong to an address as it appears in running text; everything else delimits.
+_PART_CHARS = r"[^\s@<>()\[\],;:\"'`\\]"
+# A chain starts at a quoted local part ("john doe"@x.com) or where a run of part characters starts
+# (the lookbehind keeps the scan linear: no restart inside a run).
+_CHAIN_RX = re.compile(
+    rf"""(?:"[^"\n]{{0,128}}"(?=@)|(?<!{_PART_CHARS}){_PART_CHARS}*+)(?:@{_PART_CHARS}*+)++"""
+)
+
+
+def _redact_chain(chain: str) -> str:
+    """Mask every local part of 'a@x.comb@y.org...' (run-together addresses included)."""
+    parts = chain.split("@")
+    out = [_mask_local(parts[0]) if parts[0] else ""]
+    last = len(parts) - 1
+    for i in range(1, last + 1):
+        part = parts[i]
+        if i < last and part:
+            # A middle part is "domain" + "next local": keep the domain, mask the local. If it cannot
+            # be split, mask all of it: a lost domain is cheaper than a leaked mailbox.
+            split = _split_run_together(part.lower())
+            part = "***" if split is None else split[0] + _mask_local(split[1])
+        out.append(part)
+    return "@".join(out)
+
+
+def redact_text(text: str) -> str:
+    """Mask every address-looking substring of arbitrary text; everything else is left as is."""
+    try:
+        if not isinstance(text, str):
+            text = text.decode("utf-8", "replace") if isinstance(text, (bytes, bytearray)) else str(text)
+        if "@" not in text:
+            if not _ESCAPED_AT_RX.search(text):
+                return _printable(text)
+        text = _ESCAPED_AT_RX.sub("@", text)
+        return _printable(_CHAIN_RX.sub(lambda m: _redact_chain(m.group()), text))
+    except Exception:  # noqa: BLE001 - redaction must never be the reason an error row is lost
+        return "[redaction failed]"
