@@ -127,23 +127,24 @@ class Postfix:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        r = self.cmd(POSTFIX, "-c", str(self.config_dir), "stop", check=False)
+        """``postfix stop``; if the master is still there after 10 s, SIGKILL it."""
+        self.cmd(POSTFIX, "-c", str(self.config_dir), "stop", check=False)
         pid_file = self.base / "spool" / "pid" / "master.pid"
-        deadline = time.monotonic() + 10
-        while pid_file.exists() and time.monotonic() < deadline:
-            try:
-                pid = int(pid_file.read_text().strip())
-                os.kill(pid, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                break
-            time.sleep(0.1)
-        else:
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (ValueError, OSError):
             return
-        if r.returncode != 0 or pid_file.exists():
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
             try:
-                os.kill(int(pid_file.read_text().strip()), 9)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                pass
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
 
     def queue(self) -> list[dict]:
         """``postqueue -j``: one JSON object per queued message (queue_name: hold, active, deferred...)."""
