@@ -20,6 +20,20 @@ class ConfigError(ValueError):
     """A setting is missing or has the wrong shape; the message names it."""
 
 
+class Secret(str):
+    """A str that hides itself in ``repr``: kafka-python logs its whole configuration dict at DEBUG
+    (``Starting KafkaAdminClient with configuration: {...}``), which would print a SASL password."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 @dataclass
 class KafkaConfig:
     bootstrap: str = "127.0.0.1:9092"
@@ -41,20 +55,37 @@ class KafkaConfig:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    ssl_password: str | None = field(default=None, metadata={"secret": True})   # passphrase of ssl_keyfile
+    ssl_check_hostname: bool = True
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection settings shared by every kafka-python client we build."""
+        protocol = (self.security_protocol or "PLAINTEXT").upper()
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ConfigError(f"kafka.security_protocol must be one of {', '.join(KAFKA_SECURITY_PROTOCOLS)} "
+                              f"(got {self.security_protocol!r})")
         kw: dict[str, Any] = {
             "bootstrap_servers": [s.strip() for s in self.bootstrap.split(",") if s.strip()],
-            "security_protocol": self.security_protocol,
+            "security_protocol": protocol,
         }
-        if self.sasl_mechanism:
-            kw["sasl_mechanism"] = self.sasl_mechanism
+        if protocol.startswith("SASL_"):
+            mech = (self.sasl_mechanism or "").upper()
+            if mech not in KAFKA_SASL_MECHANISMS:
+                raise ConfigError(f"kafka.sasl_mechanism must be one of {', '.join(KAFKA_SASL_MECHANISMS)} "
+                                  f"with security_protocol {protocol} (got {self.sasl_mechanism!r})")
+            if not self.sasl_username or not self.sasl_password:
+                raise ConfigError(f"kafka.sasl_username and kafka.sasl_password are required with {protocol} "
+                                  "(the password from MAILAUDIT_KAFKA_SASL_PASSWORD or ..._FILE)")
+            kw["sasl_mechanism"] = mech
             kw["sasl_plain_username"] = self.sasl_username
-            kw["sasl_plain_password"] = self.sasl_password
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            if getattr(self, name):
-                kw[name] = getattr(self, name)
+            kw["sasl_plain_password"] = Secret(self.sasl_password)
+        if protocol in ("SSL", "SASL_SSL"):
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name):
+                    kw[name] = getattr(self, name)
+            if self.ssl_password:
+                kw["ssl_password"] = Secret(self.ssl_password)
+            kw["ssl_check_hostname"] = bool(self.ssl_check_hostname)
         return kw
 
 
@@ -65,6 +96,10 @@ class ClickHouseConfig:
     ca_certs: str | None = None
     verify: bool = True
     connect_timeout_s: float = 5.0
+    # Overrides the URL's password, so the URL (often logged, shown, copied) need not hold a secret.
+    password: str | None = field(default=None, metadata={"secret": True})
+    certfile: str | None = None           # client certificate (mutual TLS), with keyfile
+    keyfile: str | None = None
 
     def parts(self) -> dict[str, Any]:
         """Split the URL into clickhouse-driver ``Client`` arguments."""
@@ -77,12 +112,13 @@ class ClickHouseConfig:
             "host": u.hostname or "127.0.0.1",
             "port": u.port or (9440 if secure else 9000),
             "user": unquote(u.username) if u.username else "default",
-            "password": unquote(u.password) if u.password else "",
+            "password": self.password if self.password else (unquote(u.password) if u.password else ""),
             "database": database,
             "secure": secure,
             "ca_certs": self.ca_certs,
             "verify": self.verify,
             "connect_timeout": self.connect_timeout_s,
+            **({"certfile": self.certfile, "keyfile": self.keyfile} if secure and self.certfile else {}),
         }
 
 
@@ -241,7 +277,15 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MAILAUDIT_KAFKA_SASL_USERNAME": ("kafka", "sasl_username"),
     "MAILAUDIT_KAFKA_SASL_PASSWORD": ("kafka", "sasl_password"),
     "MAILAUDIT_KAFKA_SSL_CAFILE": ("kafka", "ssl_cafile"),
+    "MAILAUDIT_KAFKA_SSL_CERTFILE": ("kafka", "ssl_certfile"),
+    "MAILAUDIT_KAFKA_SSL_KEYFILE": ("kafka", "ssl_keyfile"),
+    "MAILAUDIT_KAFKA_SSL_PASSWORD": ("kafka", "ssl_password"),
+    "MAILAUDIT_KAFKA_SSL_CHECK_HOSTNAME": ("kafka", "ssl_check_hostname"),
     "MAILAUDIT_CLICKHOUSE_CA_CERTS": ("clickhouse", "ca_certs"),
+    "MAILAUDIT_CLICKHOUSE_SECURE": ("clickhouse", "secure"),
+    "MAILAUDIT_CLICKHOUSE_PASSWORD": ("clickhouse", "password"),
+    "MAILAUDIT_CLICKHOUSE_CERTFILE": ("clickhouse", "certfile"),
+    "MAILAUDIT_CLICKHOUSE_KEYFILE": ("clickhouse", "keyfile"),
     "MAILAUDIT_WEBHOOK_URL": ("webhook", "url"),
     "MAILAUDIT_WEBHOOK_SECRET": ("webhook", "secret"),
     "MAILAUDIT_CONTAINMENT": ("detect", "containment"),
@@ -251,6 +295,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MAILAUDIT_DASHBOARD_OPERATOR_PASSWORD_HASH": ("dashboard", "operator_password_hash"),
     "MAILAUDIT_STATE_DIR": (None, "state_dir"),
 }
+
+
+ADAPTER_TABLES = ("milter", "adapt")
 
 
 def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -266,7 +313,9 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
             data = tomllib.loads(p.read_text("utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-        _apply(cfg, data, str(p))
+        # [milter] and [adapt] belong to the mail-path adapters, which read the same file with
+        # their own typed loader (mailaudit.adapters.config.load_adapter_config).
+        _apply(cfg, {k: v for k, v in data.items() if k not in ADAPTER_TABLES}, str(p))
     for var, (section, name) in ENV_VARS.items():
         if var in env and env[var] != "":
             target = cfg if section is None else getattr(cfg, section)

@@ -18,6 +18,9 @@ if ((${#need[@]})); then
   $SUDO systemctl disable --now clickhouse-server >/dev/null 2>&1 || $SUDO service clickhouse-server stop >/dev/null 2>&1 || true
 fi
 
+# Postfix + libmilter for the milter and its end-to-end test (pymilter compiles against libmilter).
+bash scripts/setup-mailpath.sh
+
 PY=${PYTHON:-python3}
 if ! $PY -c "import mailaudit, chdb, hypothesis, selenium" >/dev/null 2>&1 || [ pyproject.toml -nt .mailaudit/.installed ]; then
   $PY -m pip install -q --disable-pip-version-check -e '.[test]'

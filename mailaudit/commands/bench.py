@@ -12,9 +12,9 @@ from mailaudit.cli import UserError
 
 HELP = "benchmarks: ingest, latency, parser, backtest, nab, dashboard, all (--json for machine-readable figures)"
 
-SUITES = ("ingest", "latency", "parser", "backtest", "nab", "dashboard")
+SUITES = ("ingest", "latency", "parser", "backtest", "nab", "dashboard", "milter")
 # What `bench all` runs, with arguments that keep the whole suite within ~15 minutes here.
-ALL = {"parser": {}, "backtest": {}, "ingest": {"n": 50_000, "runs": 3}, "latency": {}, "nab": {}}
+ALL = {"parser": {}, "backtest": {}, "ingest": {"n": 50_000, "runs": 3}, "latency": {}, "milter": {"n": 5000}, "nab": {}}
 
 
 def configure(p):
