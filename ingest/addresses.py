@@ -14,8 +14,8 @@ when it leaks a recipient list: addresses run together with no separator (``a@x.
 BitMEX-style concatenated To:) are split back apart at the point where a domain ending in a known TLD
 is directly followed by the next local part, and flagged.
 
-``unparseable`` fragments are raw header text (they may contain personal data): whoever stores them
-must pass them through ``privacy.redact_text`` first.
+``unparseable`` fragments are raw header text, lower-cased (they may contain personal data): whoever
+stores them must pass them through ``privacy.redact_text`` first.
 """
 
 from __future__ import annotations
@@ -49,17 +49,19 @@ FRAGMENTS_MAX = 1000       # fragments kept per header: a megabyte of garbage mu
 # Character classes shared by both paths (so the fast path never accepts what the full parser would
 # reject). Non-ASCII is allowed (SMTPUTF8 locals, IDN domains) except whitespace and C1 controls.
 
-# atext plus non-ASCII: a dot-atom's characters, without the dot.
-_LCH = r"[^\x00-\x20\"(),.:;<>@\[\\\]\x7f-\x9f\s]"
+# atext plus non-ASCII: a dot-atom's characters, without the dot (and with it).
+_NOT_ATEXT = r"\x00-\x20\"(),:;<>@\[\\\]\x7f-\x9f\s"
+_LCH = rf"[^{_NOT_ATEXT}.]"
+_LCH_OR_DOT = rf"[^{_NOT_ATEXT}]"
 # domain label characters: letters, digits, '-', '_' and non-ASCII.
 _DCH = r"[^\x00-\x2c./:-@\[-^`{-\x9f\s]"
 _DOMAIN_RX = re.compile(rf"{_DCH}+(?:\.{_DCH}+)*\.?")      # a trailing root dot is dropped later
-_DOMAIN_STRICT_RX = re.compile(rf"{_DCH}+(?:\.{_DCH}+)*")
+_DOMAIN_STRICT_RX = re.compile(rf"{_DCH}++(?:\.{_DCH}++)*+")
 _DCH_RX = re.compile(rf"{_DCH}+")
 _LCH_OR_EMPTY_RX = re.compile(rf"{_LCH}*")
 # Lenient local part for the full parser: obsolete forms like "john..doe" and "taro.@docomo.ne.jp" are
 # real, so any mix of atext and dots with at least one atext character is accepted.
-_LOCAL_LENIENT_RX = re.compile(rf"\.*+{_LCH}(?:{_LCH}|\.)*+")
+_LOCAL_LENIENT_RX = re.compile(rf"\.*+{_LCH}{_LCH_OR_DOT}*+")
 
 # Fast path: a list of "addr" / "phrase <addr>" elements, display names possibly quoted. Validated
 # whole by one regex (possessive quantifiers: no backtracking blow-up when it fails), then the
@@ -73,7 +75,7 @@ _FAST_LIST = {
     for sep in (",", ",;")
 }
 # An address starts at the start, after a separator or after '<' (nowhere else once validated).
-_FAST_FIND_ADDR = re.compile(rf"{_QUOTED}|(?<![^\s<,;])({_LCH}++(?:\.{_LCH}++)*+@{_DCH}++(?:\.{_DCH}++)*+)")
+_FAST_FIND_ADDR = re.compile(rf"{_QUOTED}|(?<![^\s<,;])({_FAST_ADDR})")
 # Display-name lists: pulling out the angle contents is cheaper than trying every phrase position.
 _FAST_FIND_ANGLE = re.compile(rf"{_QUOTED}|<\s*+([^>\s]++)\s*+>")
 # RFC 2047 encoded word (values are lower-cased before matching); "clean" = no special inside.
@@ -135,26 +137,47 @@ del _t, _tier
 # a known TLD and is not one, alternatives ordered best first. Taken as is when it is tier 0 and no
 # other label looks like the trace of a wrong split; anything subtler goes through _tld_split.
 _SUSPECT_PREFIXES = frozenset(("com", "org", "net", "edu", "gov"))
-_TLD_ALTERNATION = "|".join(t for t, _ in sorted(_TLDS.items(), key=lambda kv: (kv[1], -len(kv[0]))))
+
+
+def _alternation(words: list[str]) -> str:
+    """'a|b|c' grouped by first character: the regex engine tries ~30 branches per position, not ~450.
+
+    Order within a group is kept, which is all that matters: branches with different first
+    characters can never both match at one position.
+    """
+    groups: dict[str, list[str]] = {}
+    for w in words:
+        groups.setdefault(w[0], []).append(re.escape(w[1:]))
+    return "|".join(f"{re.escape(c)}(?:{'|'.join(rest)})" for c, rest in groups.items())
+
+
+_TLD_ALTERNATION = _alternation([t for t, _ in sorted(_TLDS.items(), key=lambda kv: (kv[1], -len(kv[0])))])
 _TLD_CANDIDATE_RX = re.compile(rf"\.(?!(?:{_TLD_ALTERNATION})(?:\.|$))(?=({_TLD_ALTERNATION})[^.@])")
 _SUSPECT_RX = re.compile(r"(?:^|\.)(?:com|org|net|edu|gov)[^.@]")
 
 
-def _split_run_together(text: str) -> tuple[str, str] | None:
-    """("domain", "next local") out of a middle part of an '@' chain such as "x.comjane.doe"."""
-    m = _TLD_CANDIDATE_RX.search(text)
+def _split_run_together(text: str, _search=_TLD_CANDIDATE_RX.search, _suspect=_SUSPECT_RX.search,
+                        _domain=_DOMAIN_STRICT_RX.fullmatch, _local=_LOCAL_LENIENT_RX.fullmatch):
+    """("domain", "next local") out of a middle part of an '@' chain such as "x.comjane.doe".
+
+    Runs once per address of a leaked list, so the common case is a handful of C calls (the
+    keyword defaults are local aliases); anything subtle goes to _tld_split.
+    """
+    m = _search(text)
     if m is None:
         return None
     tld = m.group(1)
     if _TLDS[tld] == 0:
-        pos = m.start() + 1
-        own = 1 if text[pos:pos + 3] in _SUSPECT_PREFIXES else 0
-        if len(_SUSPECT_RX.findall(text)) == own:
-            cut = pos + len(tld)
-            domain = text[:cut]
-            local = text[cut:]
-            if _DOMAIN_STRICT_RX.fullmatch(domain) is not None and _lenient_local_ok(local):
-                return domain, local
+        pos = m.start() + 1                      # the split label
+        cut = pos + len(tld)
+        after = text.find(".", cut)
+        if (
+            _suspect(text, 0, pos) is None
+            and (after < 0 or _suspect(text, after) is None)
+            and _domain(text, 0, cut) is not None
+            and _local(text, cut) is not None
+        ):
+            return text[:cut], text[cut:]
     return _tld_split(text)
 
 
@@ -712,6 +735,9 @@ def _fast(value: str) -> ParsedHeader | None:
     if encoded and any("=?" in a for a in addrs):
         return None                      # "=?..?=a@b.com": the tokenizer splits that differently
     # validated: a fast-path local part holds no '@'
+    if len(addrs) == 1:
+        a = addrs[0]
+        return ParsedHeader((a,), (a[a.index("@") + 1:],), semicolon=semicolon, encoded_words=encoded)
     doms = dict.fromkeys([a[a.index("@") + 1:] for a in addrs])
     return ParsedHeader(tuple(addrs), tuple(doms), semicolon=semicolon, encoded_words=encoded)
 
