@@ -10,7 +10,6 @@ Pure (no I/O). Nothing here raises on strange input: it runs inside the consumer
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 
@@ -88,7 +87,8 @@ def mask_address(addr: str) -> str:
 
 
 def _mac(key: bytes, data: bytes) -> str:
-    return hmac.new(key, data, hashlib.sha256).hexdigest()[:HASH_HEX_CHARS]
+    # hmac.digest is the one-shot C path: several times cheaper than hmac.new(...).hexdigest()
+    return hmac.digest(key, data, "sha256")[: HASH_HEX_CHARS // 2].hex()
 
 
 def _check_key(key) -> bytes:
