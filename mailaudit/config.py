@@ -169,7 +169,8 @@ class SpikeRules:
     enabled: bool = True
     bucket_s: int = 60                    # volume is counted per bucket of event time
     min_messages_per_bucket: float = 20.0 # a volume spike needs at least this many messages in the bucket
-    min_recipients: float = 20.0          # a recipient spike needs at least this many envelope recipients
+    min_recipients: float = 20.0          # a recipient spike needs a message with at least this many recipients
+    min_ratio: float = 2.0                # ... and a value at least this multiple of the detector's baseline
     per_campaign: bool = True             # also count volume per campaign (or template when no campaign)
     max_keys: int = 1000                  # campaign/template volume series kept per service (least recent evicted)
     key_idle_s: float = 86400.0           # a campaign/template series idle this long (event time) is dropped
