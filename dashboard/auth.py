@@ -1,0 +1,142 @@
+"""Who may see the dashboard and who may act from it.
+
+The dashboard shows where mail went; on a shared host that is sensitive, so it refuses to listen on
+anything but loopback without a password, and it separates looking (reader) from acting (operator:
+acknowledge, hold, release). Passwords are never stored, only their hashes in the config
+(``pbkdf2_sha256$iterations$salt$hash`` preferred; a bare sha256 hex digest is accepted for
+simple setups), and compared in constant time.
+
+Pure: no Streamlit here, so the policy is unit-tested without a browser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+
+from mailaudit.config import DashboardConfig
+
+READER = "reader"
+OPERATOR = "operator"
+
+PBKDF2_PREFIX = "pbkdf2_sha256"
+DEFAULT_ITERATIONS = 310_000
+
+
+class AuthConfigError(ValueError):
+    """The dashboard must not start with this configuration (the message says why)."""
+
+
+def hash_password(password: str, iterations: int = DEFAULT_ITERATIONS, salt: str | None = None) -> str:
+    """The string to put in ``reader_password_hash`` / ``operator_password_hash``."""
+    salt = salt or secrets.token_hex(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt.encode("utf-8"), iterations)
+    return f"{PBKDF2_PREFIX}${iterations}${salt}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    """True when ``password`` matches ``stored``; a malformed or empty ``stored`` never matches."""
+    if not stored or password is None:
+        return False
+    stored = stored.strip()
+    if stored.startswith(PBKDF2_PREFIX + "$"):
+        parts = stored.split("$")
+        if len(parts) != 4:
+            return False
+        _, iterations, salt, expected = parts
+        try:
+            n = int(iterations)
+        except ValueError:
+            return False
+        if n < 1 or n > 10_000_000:
+            return False
+        got = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt.encode("utf-8"), n).hex()
+        return hmac.compare_digest(got, expected.lower())
+    if len(stored) == 64 and all(c in "0123456789abcdefABCDEF" for c in stored):
+        got = hashlib.sha256(password.encode("utf-8")).hexdigest()
+        return hmac.compare_digest(got, stored.lower())
+    return False
+
+
+def is_loopback(host: str) -> bool:
+    """Only a loopback bind keeps the dashboard private to this machine without a password."""
+    h = (host or "").strip().strip("[]")
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    login_required: bool
+    # The role of an anonymous user when no login is required (loopback, no passwords configured).
+    anonymous_role: str | None
+
+
+def access_policy(dcfg: DashboardConfig) -> AccessPolicy:
+    """Decide, from the config alone, whether a login is needed; raise if the setup is unsafe.
+
+    Configured passwords are always enforced (also on loopback: the operator asked for them). On a
+    non-loopback bind at least one password hash is mandatory.
+    """
+    has_any = bool(dcfg.reader_password_hash or dcfg.operator_password_hash)
+    for name in ("reader_password_hash", "operator_password_hash"):
+        value = getattr(dcfg, name)
+        if value and not _well_formed(value):
+            raise AuthConfigError(
+                f"dashboard.{name} is not a pbkdf2_sha256$iterations$salt$hash string or a sha256 hex digest")
+    if not is_loopback(dcfg.host) and not has_any:
+        raise AuthConfigError(
+            f"dashboard.host is {dcfg.host!r} (not loopback) but no password hash is configured: set "
+            "dashboard.operator_password_hash and/or dashboard.reader_password_hash "
+            "(python -m mailaudit.dashboard.auth prints one)")
+    if has_any:
+        return AccessPolicy(login_required=True, anonymous_role=None)
+    return AccessPolicy(login_required=False, anonymous_role=OPERATOR)
+
+
+def login(dcfg: DashboardConfig, password: str) -> str | None:
+    """The role this password grants, or None. Both hashes are always checked (no timing hint)."""
+    op = verify_password(password, dcfg.operator_password_hash)
+    rd = verify_password(password, dcfg.reader_password_hash)
+    if op:
+        return OPERATOR
+    if rd:
+        return READER
+    return None
+
+
+def can_act(role: str | None) -> bool:
+    return role == OPERATOR
+
+
+def _well_formed(value: str) -> bool:
+    v = value.strip()
+    if v.startswith(PBKDF2_PREFIX + "$"):
+        parts = v.split("$")
+        return len(parts) == 4 and parts[1].isdigit() and bool(parts[2]) and bool(parts[3])
+    return len(v) == 64 and all(c in "0123456789abcdefABCDEF" for c in v)
+
+
+def main() -> int:
+    """``python -m mailaudit.dashboard.auth``: read a password (no echo) and print its hash."""
+    import getpass
+    import sys
+
+    pw = os.environ.get("MAILAUDIT_DASHBOARD_PASSWORD") or getpass.getpass("dashboard password: ")
+    if len(pw) < 8:
+        print("refusing a password shorter than 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(pw))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
