@@ -98,6 +98,11 @@ class _Bucket:
     trig_id: str = ""
     campaign: str | None = None
     template: str | None = None
+    rmax: int = -1                   # service-wide series only: the largest envelope of the bucket ...
+    rmax_ms: int = 0                 # ... and its message (earliest on ties)
+    rmax_id: str = ""
+    rmax_campaign: str | None = None
+    rmax_template: str | None = None
 
 
 class _Series:
@@ -412,14 +417,10 @@ class DetectionEngine:
                 else:
                     svc.keyed.move_to_end(scope)
                 self._count(svc, series, start, e)
-        n = len(set(ps.envelope))
-        r = svc.recip.update(t / 1000.0, n)
-        if r.alert and n >= svc.spikes.min_recipients:
-            ev = _spike_evidence(r)
-            ev.update(recipients=n, min_recipients=svc.spikes.min_recipients)
-            self._fire_spike(svc, "recipient_spike", "", _Meta.of(e), 1, ev,
-                             f"{svc.name}: one message went to {n} envelope recipients, far above this "
-                             f"service's usual recipients per message.", out)
+        n = len(set(ps.envelope)) if len(ps.envelope) > 1 else len(ps.envelope)
+        b = svc.volume.buckets.get(start)
+        if b is not None and (n > b.rmax or n == b.rmax and (t, e.event_id) < (b.rmax_ms, b.rmax_id)):
+            b.rmax, b.rmax_ms, b.rmax_id, b.rmax_campaign, b.rmax_template = n, t, e.event_id, e.campaign, e.template
 
     def _count(self, svc: _Service, series: _Series, start: int, e: Event) -> None:
         if series.closed_until_ms is not None and start < series.closed_until_ms:
@@ -462,8 +463,13 @@ class DetectionEngine:
             for z in range(gap_from, start, bms):
                 series.det.update(z / 1000.0, 0)
         series.closed_until_ms = start + bms
+        rules = svc.spikes
+        if not series.scope and b.rmax >= 0:
+            self._close_recipients(svc, start, b, out)
         r = series.det.update(start / 1000.0, b.count)
-        if r.alert and b.count >= svc.spikes.min_messages_per_bucket:
+        if series.scope and self.incidents.get(svc.name, "", SPIKE) is not None:
+            return      # the service-wide spike incident already covers this campaign's share: one page
+        if _is_spike(r, b.count, rules.min_messages_per_bucket, rules.min_ratio):
             ev = _spike_evidence(r)
             ev.update(messages=b.count, bucket_s=svc.spikes.bucket_s, bucket_start=format_time(start),
                       min_messages_per_bucket=svc.spikes.min_messages_per_bucket)
@@ -474,6 +480,23 @@ class DetectionEngine:
             self._fire_spike(svc, "volume_spike", series.scope, meta, b.count, ev,
                              f"{where}: {b.count} messages in the {svc.spikes.bucket_s} s from "
                              f"{format_time(start)[11:19]}Z, far above the usual volume.", out)
+
+    def _close_recipients(self, svc: _Service, start: int, b: _Bucket, out: list[Alert]) -> None:
+        """Recipients per message, as the largest message of each bucket: one detector update per bucket
+        (not per message — a detector update costs tens of microseconds), and a steadier series than
+        single messages (a service that sends a 60-recipient announcement most minutes has a maximum
+        of ~60 every minute, so 60 is normal and 600 is not)."""
+        r = svc.recip.update(start / 1000.0, b.rmax)
+        rules = svc.spikes
+        if not _is_spike(r, b.rmax, rules.min_recipients, rules.min_ratio):
+            return
+        ev = _spike_evidence(r)
+        ev.update(recipients=b.rmax, min_recipients=rules.min_recipients, min_ratio=rules.min_ratio,
+                  bucket_s=rules.bucket_s, bucket_start=format_time(start))
+        meta = _Meta(b.rmax_id, b.rmax_ms, svc.name, b.rmax_campaign, b.rmax_template, "")
+        self._fire_spike(svc, "recipient_spike", "", meta, 1, ev,
+                         f"{svc.name}: one message went to {b.rmax} envelope recipients, far above this "
+                         f"service's usual largest message.", out)
 
     def _fire_spike(self, svc: _Service, kind: str, scope: str, meta: _Meta, copies: int, evidence: dict,
                     summary: str, out: list[Alert]) -> None:
@@ -587,7 +610,13 @@ def _disclosure_summary(service: str, meta: _Meta, sig: Signals, kind: str, ev: 
             f"({sig.visible} visible, {sig.envelope} envelope).")
 
 
-_EVIDENCE_FIELDS = ("score", "baseline", "scale", "threshold", "z", "value", "expected", "warm", "n")
+def _is_spike(r, value: float, minimum: float, min_ratio: float) -> bool:
+    """The detector's verdict, upward only, and big enough to matter: at least ``minimum`` and at
+    least ``min_ratio`` times the detector's baseline (a statistically rare +40 % is not a page)."""
+    if not r.alert or value < minimum or getattr(r, "direction", "up") == "down":
+        return False
+    baseline = getattr(r, "baseline", None)
+    return baseline is None or value >= min_ratio * baseline
 
 
 def _spike_evidence(r) -> dict[str, Any]:
