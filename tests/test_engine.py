@@ -350,3 +350,53 @@ def test_simulated_disclosure_incident_alerts_on_its_first_copy(kind):
     report = summarise(eng.take_exposures())
     assert {e.address_hash for e in report} == {hasher.hash(a) for a in inj.exposed}
     assert alerts[-1].exposed == len(set(inj.exposed))
+
+
+class _Recorder:
+    """A test double standing in for the spike detector: records what the engine feeds it."""
+
+    log: list = []
+
+    def __init__(self):
+        self.fed = []
+        _Recorder.log.append(self.fed)
+
+    def update(self, ts, value):
+        self.fed.append((int(ts * 1000) - T0, value))
+
+        class R:
+            alert, score, baseline, direction = False, 0.0, None, None
+        return R()
+
+
+def test_buckets_close_on_the_watermark_and_late_events_do_not_reopen_them():
+    _Recorder.log = []
+    eng = DetectionEngine(DetectConfig(lateness_s=60, spikes=SpikeRules(per_campaign=False)),
+                          spike_factory=_Recorder)
+    for k in range(5):
+        eng.process(ev("a@x.example", ["a@x.example"], t=k * 1000))
+    volume, recipients = _Recorder.log             # the service's two series, made with the service
+    for k in range(3):
+        eng.process(ev("undisclosed-recipients:;", users(7), t=60_000 + k * 1000))
+    assert volume == []                            # nothing closed yet: watermark is far behind
+    eng.process(ev("a@x.example", ["a@x.example"], t=180_000))     # watermark -> 120 s
+    assert volume == [(0, 5), (60_000, 3)]
+    assert recipients == [(0, 1), (60_000, 7)]
+    eng.process(ev("a@x.example", ["a@x.example"], t=30_000))      # late for the closed minute 0
+    assert eng.stats["late"] == 1
+    eng.flush()
+    # minute 0 is not fed again; the empty minute 2 is a zero; minute 3 holds its one message
+    assert volume == [(0, 5), (60_000, 3), (120_000, 0), (180_000, 1)]
+    assert recipients == [(0, 1), (60_000, 7), (180_000, 1)]
+
+
+def test_events_within_the_lateness_window_still_count_in_their_bucket():
+    _Recorder.log = []
+    eng = DetectionEngine(DetectConfig(lateness_s=60, spikes=SpikeRules(per_campaign=False)),
+                          spike_factory=_Recorder)
+    eng.process(ev("a@x.example", ["a@x.example"], t=100_000))
+    volume, _ = _Recorder.log
+    eng.process(ev("a@x.example", ["a@x.example"], t=50_000))       # 50 s out of order: within lateness
+    eng.flush()
+    assert eng.stats["late"] == 0
+    assert volume == [(0, 1), (60_000, 1)]
