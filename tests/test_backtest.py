@@ -118,3 +118,27 @@ def test_backtest_speed():
     print(f"backtest events/s: 1 job {rates[1]:,.0f}, 2 jobs {rates[2]:,.0f}")
     # The target is 20k/s on the reference 2-core machine; the floor leaves room for a busy CI.
     assert max(rates.values()) > 8_000
+
+
+def test_backtest_exposure_out_writes_hashed_rows_and_needs_the_key(tmp_path):
+    import os
+    from mailaudit.ingest.privacy import AddressHasher
+    cc = [f"cc{i}@x{i}.example" for i in range(12)]
+    lines = [_event(i, i * 100, f"<c{i}@z.example>", [f"c{i}@z.example"], cc=", ".join(cc), service="billing",
+                    template="notice").encode() for i in range(3)]
+    f = tmp_path / "e.jsonl"
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    rows_path = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILAUDIT_")}
+    cmd = [sys.executable, "-m", "mailaudit", "backtest", str(f), "--exposure-out", str(rows_path)]
+    r = subprocess.run(cmd, capture_output=True, timeout=60, env=env)
+    assert r.returncode == 2 and "hash key" in r.stderr.decode() and r.stderr.decode().count("\n") == 1
+    key = "exposure-test-key-0123456789"
+    r = subprocess.run(cmd, capture_output=True, timeout=60, env=dict(env, MAILAUDIT_HASH_KEY=key))
+    assert r.returncode == 0, r.stderr.decode()
+    rows = [json.loads(x) for x in rows_path.read_text().splitlines()]
+    h = AddressHasher(key.encode())
+    assert len(rows) == 36 and {x["address_hash"] for x in rows} == {h.hash(a) for a in cc}
+    assert all(x["seen_by"] == 1 for x in rows)
+    raw = rows_path.read_text()
+    assert not any(a in raw for a in cc)
