@@ -88,7 +88,7 @@ def raw_insert(cfg: Config, msgs, batch_size: int) -> float:
     hasher = AddressHasher(cfg.require_hash_key())
     batches = []
     for i in range(0, len(msgs), batch_size):
-        b = Batch(cfg, hasher)
+        b = Batch(cfg, hasher, datetime64=db.capabilities.datetime64)
         for j, (key, value) in enumerate(msgs[i:i + batch_size]):
             b.submit(cfg.kafka.topic_events, 0, i + j, 0, key, value)
         batches.append(b.rows.columns())

@@ -19,9 +19,9 @@ from mailaudit.ingest.wire import MalformedEvent, decode_event
 
 
 class Batch:
-    def __init__(self, cfg: Config, hasher: AddressHasher, clock=time.monotonic):
+    def __init__(self, cfg: Config, hasher: AddressHasher, clock=time.monotonic, datetime64: bool = False):
         self.cfg = cfg
-        self.rows = EventRows(cfg.privacy, hasher)
+        self.rows = EventRows(cfg.privacy, hasher, datetime64)
         self.rejected: list[Rejected] = []
         self.offsets: dict[tuple[str, int], int] = {}   # (topic, partition) -> last offset seen
         self.first_offsets: dict[tuple[str, int], int] = {}  # where to seek back if abandoned

@@ -70,12 +70,26 @@ class IngestConsumer:
         self.writer = BatchWriter(cfg, self.db, self.producer)
         self.stop_event = stop_event or threading.Event()
         self.stats = ConsumerStats()
+        self._datetime64 = self._server_has_datetime64()
         self.batch = self._new_batch()
         self._retrying = False
         self._abandon = False
 
     def _new_batch(self) -> Batch:
-        return Batch(self.cfg, self.hasher)
+        return Batch(self.cfg, self.hasher, datetime64=self._datetime64)
+
+    def _server_has_datetime64(self) -> bool:
+        """How ``sent_at`` is stored decides the raw time unit; wait for the server if it is down."""
+        delay = self.cfg.ingest.retry_initial_s
+        while True:
+            try:
+                return self.db.capabilities.datetime64
+            except Exception as e:  # noqa: BLE001 - ClickHouse not up yet: retry, never crash
+                log.warning("ClickHouse not reachable (%s); retrying in %.1fs", e, delay)
+                self.db.disconnect()
+                if self.stop_event.wait(delay):
+                    return False
+                delay = min(delay * 2, self.cfg.ingest.retry_max_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:

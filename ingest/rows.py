@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 
 from mailaudit.config import PrivacyConfig
 from mailaudit.ingest.parsed import ParsedEvent
@@ -32,79 +31,99 @@ def _domain(addr: str) -> str:
     return addr.rpartition("@")[2]
 
 
-class EventRows:
-    """A batch of event rows under construction. ``columns()`` hands them to ``Database.insert``."""
+_EMPTY: list = []   # shared by every empty array cell of a batch; the driver only reads it
 
-    def __init__(self, privacy: PrivacyConfig, hasher: AddressHasher):
+
+class EventRows:
+    """A batch of event rows under construction. ``columns()`` hands them to ``Database.insert``.
+
+    ``datetime64``: the server stores ``sent_at`` as DateTime64(3); times are then passed as raw
+    millisecond ticks, else as epoch seconds (the driver takes raw integers and skips its own,
+    costly, datetime conversion).
+    """
+
+    def __init__(self, privacy: PrivacyConfig, hasher: AddressHasher, datetime64: bool = False):
         self.privacy = privacy
         self.hasher = hasher
         self.key_id = privacy.hash_key_id
         self._key = privacy.hash_key.encode() if privacy.hash_key else b""
+        self.datetime64 = datetime64
         self.cols: dict[str, list] = {c: [] for c in EVENT_COLUMNS}
-        self._masked: dict[str, str] = {}
-        self._hashed: dict[str, str] = {}
-        self.now = dt.datetime.now(_UTC).replace(microsecond=0)
+        self._addr: dict[str, tuple[str, str, str]] = {}   # address -> (hash, masked, domain)
+        self.now = int(dt.datetime.now(_UTC).timestamp())
 
     def __len__(self) -> int:
         return len(self.cols["event_id"])
 
-    def _h(self, addrs) -> list[str]:
-        cache = self._hashed
-        out = []
+    def _info(self, addrs) -> tuple[list[str], list[str], list[str]]:
+        """Hashes, masked forms and domains of ``addrs``: one HMAC per distinct address per batch."""
+        if not addrs:
+            return _EMPTY, _EMPTY, _EMPTY
+        cache = self._addr
+        hs, ms, ds = [], [], []
         for a in addrs:
-            h = cache.get(a)
-            if h is None:
-                h = cache[a] = self.hasher.hash(a)
-            out.append(h)
-        return out
-
-    def _m(self, addrs) -> list[str]:
-        cache = self._masked
-        out = []
-        for a in addrs:
-            m = cache.get(a)
-            if m is None:
-                m = cache[a] = mask_address(a)
-            out.append(m)
-        return out
+            info = cache.get(a)
+            if info is None:
+                info = cache[a] = (self.hasher.hash(a), mask_address(a), _domain(a))
+            hs.append(info[0])
+            ms.append(info[1])
+            ds.append(info[2])
+        return hs, ms, ds
 
     def add(self, p: ParsedEvent, partition: int = 0, offset: int = 0) -> None:
         e = p.event
         c = self.cols
         to, cc, bcc, env = p.to.addresses, p.cc.addresses, p.bcc.addresses, p.envelope
         frm = p.from_.addresses[0] if p.from_.addresses else ""
-        visible = p.visible
-        env_set = set(env)
-        c["event_id"].append(uuid.UUID(e.event_id))
-        c["sent_at"].append(dt.datetime.fromtimestamp(e.sent_at_ms / 1000, _UTC))
-        c["sent_ms"].append(e.sent_at_ms)
+        ms = e.sent_at_ms
+        c["event_id"].append(e.event_id)
+        c["sent_at"].append(ms if self.datetime64 else ms // 1000)
+        c["sent_ms"].append(ms)
         c["ingested_at"].append(self.now)
         c["service"].append(e.service)
         c["campaign"].append(e.campaign or "")
         c["template"].append(e.template or "")
         c["message_id"].append(e.message_id)
         c["key_id"].append(self.key_id)
-        c["from_hash"].append(self._h((frm,))[0] if frm else "")
-        c["from_domain"].append(_domain(frm) if frm else "")
-        c["from_masked"].append(self._m((frm,))[0] if frm else "")
-        c["to_hashes"].append(self._h(to))
-        c["to_domains"].append([_domain(a) for a in to])
-        c["to_masked"].append(self._m(to))
-        c["cc_hashes"].append(self._h(cc))
-        c["cc_domains"].append([_domain(a) for a in cc])
-        c["cc_masked"].append(self._m(cc))
-        c["bcc_hashes"].append(self._h(bcc))
-        c["bcc_masked"].append(self._m(bcc))
-        c["env_hashes"].append(self._h(env))
-        c["env_domains"].append([_domain(a) for a in env])
-        c["env_masked"].append(self._m(env))
+        if frm:
+            fh, fm, fd = self._info((frm,))
+            c["from_hash"].append(fh[0])
+            c["from_domain"].append(fd[0])
+            c["from_masked"].append(fm[0])
+        else:
+            c["from_hash"].append("")
+            c["from_domain"].append("")
+            c["from_masked"].append("")
+        th, tm, td = self._info(to)
+        c["to_hashes"].append(th)
+        c["to_domains"].append(td)
+        c["to_masked"].append(tm)
+        ch, cm, cd = self._info(cc)
+        c["cc_hashes"].append(ch)
+        c["cc_domains"].append(cd)
+        c["cc_masked"].append(cm)
+        bh, bm, _ = self._info(bcc)
+        c["bcc_hashes"].append(bh)
+        c["bcc_masked"].append(bm)
+        eh, em, ed = self._info(env)
+        c["env_hashes"].append(eh)
+        c["env_domains"].append(ed)
+        c["env_masked"].append(em)
         c["to_count"].append(len(to))
         c["cc_count"].append(len(cc))
         c["bcc_count"].append(len(bcc))
         c["env_count"].append(len(env))
-        c["visible_count"].append(len(visible))
-        c["visible_domains"].append(len({_domain(a) for a in visible}))
-        c["strangers"].append(sum(1 for a in visible if a not in env_set))
+        if len(to) == 1 and not cc:
+            # The common case (one visible recipient): no sets, no dict.
+            c["visible_count"].append(1)
+            c["visible_domains"].append(1)
+            c["strangers"].append(0 if to[0] in env else 1)
+        else:
+            visible = p.visible
+            env_set = set(env)
+            c["visible_count"].append(len(visible))
+            c["visible_domains"].append(len({a.rpartition("@")[2] for a in visible}))
+            c["strangers"].append(sum(1 for a in visible if a not in env_set))
         c["run_together"].append(1 if p.run_together else 0)
         c["has_bcc"].append(1 if p.has_bcc else 0)
         c["is_group"].append(1 if (p.to.group or p.cc.group) else 0)
