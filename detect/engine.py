@@ -27,7 +27,7 @@ import heapq
 import pickle
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from mailaudit.config import ConfigError, DetectConfig
 from mailaudit.detect.alerts import DISCLOSURE, SPIKE, Alert

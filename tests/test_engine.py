@@ -280,7 +280,6 @@ def test_volume_spike_after_warm_up_is_one_spike_incident():
     cfg = DetectConfig()
     eng = DetectionEngine(cfg)
     out = []
-    t = 0
     # Three hours of steady traffic (30 messages a minute), then a minute with 20x that.
     for minute in range(180):
         for k in range(30):
