@@ -36,6 +36,7 @@ class StackInfo:
     clickhouse_pid: int
     kafka_pid: int
     state_dir: str
+    clickhouse_secure_port: int = 0       # 0 = no TLS listener (LocalStack(clickhouse_tls=True) adds one)
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -44,6 +45,17 @@ class StackInfo:
     @property
     def clickhouse_url(self) -> str:
         return f"clickhouse://default:@127.0.0.1:{self.clickhouse_port}/mailaudit"
+
+    @property
+    def clickhouse_secure_url(self) -> str | None:
+        """The TLS port by name (the certificate is for ``localhost`` and 127.0.0.1); CA in ``ca_file``."""
+        if not self.clickhouse_secure_port:
+            return None
+        return f"clickhouses://default:@localhost:{self.clickhouse_secure_port}/mailaudit"
+
+    @property
+    def ca_file(self) -> str:
+        return str(Path(self.state_dir) / "tls" / "ca.crt")
 
     def env(self) -> dict[str, str]:
         return {"MAILAUDIT_KAFKA_BOOTSTRAP": self.kafka_bootstrap, "MAILAUDIT_CLICKHOUSE_URL": self.clickhouse_url}
@@ -119,6 +131,16 @@ _CH_CONFIG = """<?xml version="1.0"?>
 </yandex>
 """
 
+_CH_TLS = """  <tcp_port_secure>{secure}</tcp_port_secure>
+  <openSSL><server>
+    <certificateFile>{tls}/server.crt</certificateFile><privateKeyFile>{tls}/server.key</privateKeyFile>
+    <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>
+    <cacheSessions>true</cacheSessions><disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+    <preferServerCiphers>true</preferServerCiphers>
+  </server></openSSL>
+</yandex>
+"""
+
 _CH_USERS = """<?xml version="1.0"?>
 <yandex>
   <profiles>
@@ -135,12 +157,56 @@ _CH_USERS = """<?xml version="1.0"?>
 """
 
 
-class LocalStack:
-    """Start/stop/inspect the two servers; state (ports, pids, logs, data) lives in ``state_dir``."""
+def make_tls_material(directory: str | os.PathLike, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+                      client: bool = False) -> dict[str, str]:
+    """A throw-away CA and a server certificate it signs (and a client one for mutual TLS), made with
+    the ``openssl`` CLI: ``{"ca": ..., "cert": ..., "key": ..., ["client_cert", "client_key"]}``.
+    Idempotent: existing files are reused."""
+    d = Path(directory).absolute()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    out = {"ca": str(d / "ca.crt"), "cert": str(d / "server.crt"), "key": str(d / "server.key")}
+    if client:
+        out.update(client_cert=str(d / "client.crt"), client_key=str(d / "client.key"))
+    if all(Path(p).exists() for p in out.values()):
+        return out
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise StackError("openssl not found: apt-get install openssl")
 
-    def __init__(self, state_dir: str | os.PathLike):
+    def run(*args: str) -> None:
+        r = subprocess.run([openssl, *args], cwd=d, capture_output=True, text=True)
+        if r.returncode:
+            raise StackError(f"openssl {args[0]} failed: {r.stderr.strip()[-300:]}")
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "30",
+        "-subj", "/CN=mailaudit local test CA")
+    san = ",".join(("IP:" if h.replace(".", "").isdigit() or ":" in h else "DNS:") + h for h in hosts)
+    pairs = [("server", "serverAuth", san)] + ([("client", "clientAuth", "")] if client else [])
+    for name, usage, alt in pairs:
+        ext = d / f"{name}.ext"
+        ext.write_text((f"subjectAltName={alt}\n" if alt else "") + "basicConstraints=CA:FALSE\n"
+                       f"keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=mailaudit-{name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "30", "-extfile", ext.name)
+    for p in d.glob("*.key"):
+        p.chmod(0o600)
+    return out
+
+
+class LocalStack:
+    """Start/stop/inspect the two servers; state (ports, pids, logs, data) lives in ``state_dir``.
+
+    ``clickhouse_tls=True`` adds a TLS native port (``StackInfo.clickhouse_secure_port``) with a
+    certificate from a CA generated in ``state_dir/tls`` (``StackInfo.ca_file``); the plain port
+    stays, for the stack's own readiness probe.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike, clickhouse_tls: bool = False):
         self.dir = Path(state_dir).absolute()
         self.state_file = self.dir / "stack.json"
+        self.clickhouse_tls = clickhouse_tls
 
     # -- state -------------------------------------------------------------------------------
     def info(self) -> StackInfo | None:
@@ -183,6 +249,9 @@ class LocalStack:
         ch_port = old.clickhouse_port if old and not port_open(old.clickhouse_port) else free_port()
         ch_http = old.clickhouse_http_port if old and not port_open(old.clickhouse_http_port) else free_port()
         kf_port = old.kafka_port if old and not port_open(old.kafka_port) else free_port()
+        ch_secure = 0
+        if self.clickhouse_tls:
+            ch_secure = old.clickhouse_secure_port if old and old.clickhouse_secure_port else free_port()
         ch_pid = old.clickhouse_pid if old and pid_alive(old.clickhouse_pid) and port_open(old.clickhouse_port) else 0
         kf_pid = old.kafka_pid if old and pid_alive(old.kafka_pid) and port_open(old.kafka_port) else 0
         if ch_pid:
@@ -191,10 +260,10 @@ class LocalStack:
         if kf_pid:
             kf_port = old.kafka_port
         if not ch_pid:
-            ch_pid = self._start_clickhouse(ch_port, ch_http)
+            ch_pid = self._start_clickhouse(ch_port, ch_http, ch_secure)
         if not kf_pid:
             kf_pid = self._start_kafka(kf_port)
-        info = StackInfo(ch_port, ch_http, kf_port, ch_pid, kf_pid, str(self.dir))
+        info = StackInfo(ch_port, ch_http, kf_port, ch_pid, kf_pid, str(self.dir), ch_secure)
         self.state_file.write_text(json.dumps(asdict(info)))
         self._wait_ready(info, timeout_s)
         self.hash_key()
@@ -212,7 +281,8 @@ class LocalStack:
         """(Re)start only ClickHouse on its recorded port: used by fault tests to restart it."""
         info = self.info()
         assert info, "stack is not up"
-        info.clickhouse_pid = self._start_clickhouse(info.clickhouse_port, info.clickhouse_http_port)
+        info.clickhouse_pid = self._start_clickhouse(info.clickhouse_port, info.clickhouse_http_port,
+                                                     info.clickhouse_secure_port)
         self.state_file.write_text(json.dumps(asdict(info)))
         self._wait_clickhouse(info, 60.0)
         return info.clickhouse_pid
@@ -246,14 +316,17 @@ class LocalStack:
         return "\n".join(out)
 
     # -- internals ---------------------------------------------------------------------------
-    def _start_clickhouse(self, port: int, http_port: int) -> int:
+    def _start_clickhouse(self, port: int, http_port: int, secure_port: int = 0) -> int:
         conf_dir = self.dir / "clickhouse"
         data = conf_dir / "data"
         for sub in ("tmp", "user_files", "format_schemas"):
             (data / sub).mkdir(parents=True, exist_ok=True)
         logs = self.dir / "logs"
-        (conf_dir / "config.xml").write_text(
-            _CH_CONFIG.format(log=logs, tcp=port, http=http_port, data=data))
+        config = _CH_CONFIG.format(log=logs, tcp=port, http=http_port, data=data)
+        if secure_port:
+            make_tls_material(self.dir / "tls")
+            config = config.replace("</yandex>\n", _CH_TLS.format(secure=secure_port, tls=self.dir / "tls"))
+        (conf_dir / "config.xml").write_text(config)
         (conf_dir / "users.xml").write_text(_CH_USERS)
         cmd = clickhouse_binary() + [f"--config-file={conf_dir / 'config.xml'}"]
         return _spawn(cmd, logs / "clickhouse.stdout.log", cwd=conf_dir)
