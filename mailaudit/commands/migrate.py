@@ -12,9 +12,16 @@ HELP = "create the Kafka topics and the ClickHouse schema (idempotent, versioned
 def configure(p):
     p.add_argument("--skip-kafka", action="store_true", help="only the ClickHouse schema")
     p.add_argument("--skip-clickhouse", action="store_true", help="only the Kafka topics")
+    p.add_argument("--print-grants", action="store_true",
+                   help="print the ClickHouse users/grants and Kafka ACLs per role (changes nothing)")
 
 
 def run(args, cfg) -> int:
+    if args.print_grants:
+        from mailaudit.ingest.grants import print_grants
+
+        print(print_grants(cfg, cfg.clickhouse.parts()["database"]), end="")
+        return 0
     if not args.skip_kafka:
         created = create_topics(cfg.kafka)
         print(f"kafka: {len(created)} topic(s) created" + (f": {', '.join(created)}" if created else " (all present)"))
