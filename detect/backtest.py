@@ -72,6 +72,7 @@ def run_backtest(lines: Iterable[bytes], cfg: DetectConfig, out: IO[str], err: I
                  spike_factory: Callable | None = None, jobs: int = 1) -> BacktestResult:
     """Decode, detect, print. Malformed lines get one warning each on ``err`` and never stop the run."""
     if jobs > 1 and exposure_out is None and hasher is None:
+        DetectionEngine(cfg, clock=None, spike_factory=spike_factory)     # config errors here, not in a worker
         return _run_sharded(lines, cfg, out, err, tuple(extra_fields), spike_factory, jobs)
     engine = DetectionEngine(cfg, clock=None, hasher=hasher, spike_factory=spike_factory)
     res = BacktestResult()
@@ -131,6 +132,19 @@ def _route_key(line: bytes) -> bytes:
 
 
 def _worker(conn, cfg: DetectConfig, extra: tuple[str, ...], spike_factory) -> None:
+    try:
+        _work(conn, cfg, extra, spike_factory)
+    except BaseException:                        # noqa: BLE001 - reported to the parent, which raises
+        import traceback
+        try:
+            conn.send({"error": traceback.format_exc()})
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+def _work(conn, cfg: DetectConfig, extra: tuple[str, ...], spike_factory) -> None:
     engine = DetectionEngine(cfg, clock=None, spike_factory=spike_factory)
     outs: list[tuple[int, int, str]] = []        # (line, index within the line, alert json)
     warnings: list[tuple[int, str]] = []
@@ -155,7 +169,6 @@ def _worker(conn, cfg: DetectConfig, extra: tuple[str, ...], spike_factory) -> N
         "resolve": [(a.service, a.to_json(), a.kind, a.status, a.incident_id) for a in resolve],
         "events": engine.stats["events"], "late": engine.stats["late"],
     })
-    conn.close()
 
 
 def _run_sharded(lines, cfg, out, err, extra, spike_factory, jobs) -> BacktestResult:
@@ -171,6 +184,7 @@ def _run_sharded(lines, cfg, out, err, extra, spike_factory, jobs) -> BacktestRe
         pipes.append(parent)
         procs.append(p)
     batches: list[list[tuple[int, bytes]]] = [[] for _ in range(jobs)]
+    ok = False
     try:
         for n, line in enumerate(lines, 1):
             res.lines = n
@@ -186,12 +200,30 @@ def _run_sharded(lines, cfg, out, err, extra, spike_factory, jobs) -> BacktestRe
             if batches[k]:
                 pipes[k].send(batches[k])
             pipes[k].send(None)
-        results = [pipe.recv() for pipe in pipes]
+        results = []
+        for pipe in pipes:
+            try:
+                results.append(pipe.recv())
+            except (EOFError, OSError) as e:
+                raise RuntimeError(f"a backtest worker died: {e!r}") from None
+    except (BrokenPipeError, ConnectionResetError) as e:
+        for pipe in pipes:                       # a worker that failed said why before it went
+            if pipe.poll(1.0):
+                msg = pipe.recv()
+                if isinstance(msg, dict) and "error" in msg:
+                    raise RuntimeError("a backtest worker failed:\n" + msg["error"]) from None
+        raise RuntimeError(f"a backtest worker died: {e!r}") from None
+        ok = True
     finally:
         for p in procs:
+            if not ok:                           # failing: the others may still wait for input
+                p.kill()
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
+    for r in results:
+        if "error" in r:
+            raise RuntimeError("a backtest worker failed:\n" + r["error"])
     for w in sorted((w for r in results for w in r["warnings"])):
         err.write(w[1])
     merged = sorted(o for r in results for o in r["outs"])

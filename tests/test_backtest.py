@@ -142,3 +142,26 @@ def test_backtest_exposure_out_writes_hashed_rows_and_needs_the_key(tmp_path):
     assert all(x["seen_by"] == 1 for x in rows)
     raw = rows_path.read_text()
     assert not any(a in raw for a in cc)
+
+
+class _Broken:
+    def update(self, ts, value):
+        raise ValueError("detector exploded")
+
+
+def test_a_failing_worker_is_reported_not_hung():
+    import pytest
+    lines = make_lines(6000)
+    with pytest.raises(RuntimeError, match="detector exploded"):
+        run_backtest(lines, DetectConfig(), io.StringIO(), io.StringIO(), jobs=2, spike_factory=_Broken)
+
+
+def test_bad_service_override_is_one_line_exit_2(tmp_path):
+    f = tmp_path / "e.jsonl"
+    f.write_bytes(b"\n".join(make_lines(10)) + b"\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[detect.services.billing.disclosure]\nstrangers_crit = 5\n")
+    r = subprocess.run([sys.executable, "-m", "mailaudit", "backtest", str(f), "--config", str(cfg)],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == b""
+    assert r.stderr.decode().count("\n") == 1 and "strangers_crit" in r.stderr.decode()
