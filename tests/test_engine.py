@@ -399,3 +399,22 @@ def test_events_within_the_lateness_window_still_count_in_their_bucket():
     eng.flush()
     assert eng.stats["late"] == 0
     assert volume == [(0, 1), (60_000, 1)]
+
+
+@pytest.mark.parametrize("with_key", [False, True])
+def test_exposed_count_matches_brute_force_over_repeated_lists(with_key):
+    import random
+    rng = random.Random(5)
+    pool = users(48)
+    lists = [pool[i:i + 12] for i in range(0, 48, 12)]         # disjoint lists, each repeated on many copies
+    eng = DetectionEngine(no_spikes(), hasher=AddressHasher(b"k" * 32) if with_key else None)
+    exposed: set[str] = set()
+    alerts = []
+    for i in range(300):
+        vis = rng.choice(lists)
+        env = rng.sample(vis, 1) if rng.random() < 0.8 else rng.sample(pool, rng.randint(0, 3))
+        alerts += eng.process(ev(", ".join(vis), env, t=i * 10, campaign="c"))
+        envs = set(env)
+        exposed.update(a for a in vis if envs - {a})          # seen by someone other than itself
+    alerts += eng.flush()
+    assert alerts[-1].status == "resolved" and alerts[-1].exposed == len(exposed)
