@@ -10,8 +10,9 @@ Time: each service has its own event clock (the latest ``sent_at`` seen) and wat
 volume bucket nor feeds the spike detectors. Volume buckets close, and incidents resolve, when the
 watermark passes them; copies waiting for sibling submissions are decided when the event clock passes
 their deadline (the wait is a few seconds, so it runs ahead of the lateness window on purpose). The I/O
-layer calls ``advance(now - lateness)`` on idle partitions so a quiet service still closes its
-buckets and resolves its incidents; ``flush()`` ends the input (backtest).
+layer calls ``advance(now - lateness)`` about once a second — not only when a poll comes back empty:
+under steady traffic on one service the others would otherwise never close their buckets, decide
+their waiting copies or resolve their incidents; ``flush()`` ends the input (backtest).
 
 State is bounded: sibling and repeat indexes expire after a few seconds of event time and are capped;
 copies waiting for siblings are capped (``max_pending``, the oldest decided early); campaign/template
