@@ -54,6 +54,8 @@ _exp = math.exp
 _DAY = 86400.0
 _HALF_DAY = 43200.0
 _TINY = 1e-300
+_RES = 0.005
+_SPREAD = 0.05     # the tail scale is at least this x the tail threshold's distance from the median
 
 # One configuration for every series (NAB and the product alike).
 DEFAULTS: dict[str, Any] = dict(
@@ -62,13 +64,18 @@ DEFAULTS: dict[str, Any] = dict(
     decluster_q=0.003,    # values beyond this quantile (each side) form excursions, stored as their peak
     excursion_max=8,      # an excursion longer than this is a new regime: learned value by value
     diff_lag=24,          # abruptness: value minus the mean of this many previous values
+    diff_rho=0.2,         # abruptness counts fully once the deviations' lag-1 autocorrelation reaches this
     warmup=150,           # updates before any score or alert (the history must say what is normal)
+    young_extra=10.0,     # extra nats demanded while the history is young, falling linearly to 0 at
+    young_days=2.0,       # this age (days): until daily cycles have been seen, a rhythm's rise looks like a surge
     season_days=3,        # daily profile: median of the same slot on this many previous days
     season_tol=1,         # ... also comparing with the neighbouring slots (timing jitter)
     season_explained=(0.5, 0.2),  # profile weight 0 -> 1 as residual/deviation goes from 0.5 to 0.2
     refractory=200.0,     # decay time constant (updates) of the episode peak
     escalation=1.2,       # inside an episode, re-alert only above this x the decayed peak
-    alert_strength=6.0,   # nats of surprise (after the look-elsewhere term) that make an alert
+    alert_excess=0.0,     # optionally also require the value to lie beyond the usual range (k-th most extreme
+                          # value) by this x that range's distance from the median; 0 = evidence alone decides
+    alert_strength=5.5,   # nats of surprise (after the look-elsewhere term) that make an alert
     two_sided=True,       # also score drops (speed/volume falling off a cliff); direction is reported
 )
 
@@ -119,8 +126,12 @@ class _Tail:
         self.side = 0
         self.run = 0
 
-    def upper(self, r: float) -> float:
-        """P(value >= r), exponential beyond the k-th largest."""
+    def upper(self, r: float, floor: float = 0.0) -> float:
+        """P(value >= r), exponential beyond the k-th largest.
+
+        ``floor`` bounds the tail's scale from below: with ties (counts, a constant series) the fitted
+        scale can be 0, which would make the next distinct value infinitely surprising.
+        """
         s = self.srt
         n = len(s)
         k = self.k
@@ -129,11 +140,16 @@ class _Tail:
             return (c + 1.0) / (n + 1.0)
         u = s[n - k]
         beta = sum(s[n - k:]) / k - u
+        f = _SPREAD * (u - s[n >> 1])
+        if f > floor:
+            floor = f
+        if beta < floor:
+            beta = floor
         if beta <= 0.0:
             beta = 1e-12 * (abs(u) + 1e-12)
         return (k / (n + 1.0)) * _exp(-(r - u) / beta)
 
-    def lower(self, r: float) -> float:
+    def lower(self, r: float, floor: float = 0.0) -> float:
         """P(value <= r), exponential below the k-th smallest."""
         s = self.srt
         n = len(s)
@@ -143,9 +159,21 @@ class _Tail:
             return (c + 1.0) / (n + 1.0)
         u = s[k - 1]
         beta = u - sum(s[:k]) / k
+        f = _SPREAD * (s[n >> 1] - u)
+        if f > floor:
+            floor = f
+        if beta < floor:
+            beta = floor
         if beta <= 0.0:
             beta = 1e-12 * (abs(u) + 1e-12)
         return (k / (n + 1.0)) * _exp(-(u - r) / beta)
+
+    def resolution(self) -> float:
+        """A scale below which differences are not meaningful: 0.5 % of (|median| + central range)."""
+        s = self.srt
+        n = len(s)
+        k = self.k
+        return _RES * (abs(s[n >> 1]) + s[n - k] - s[k - 1])
 
     def upper_quantile_for(self, p: float) -> float | None:
         """The value whose upper tail probability is ``p`` (None when the history is too short)."""
@@ -158,7 +186,7 @@ class _Tail:
         if c >= k:
             return s[n - c]
         u = s[n - k]
-        beta = sum(s[n - k:]) / k - u
+        beta = max(sum(s[n - k:]) / k - u, self.resolution())
         if beta <= 0.0:
             return u
         return u + beta * _log(k / ((n + 1.0) * p))
@@ -222,7 +250,8 @@ class _DailyProfile:
             del v[0]
         w = sorted(v)
         m = len(w)
-        self.pred[j] = w[m // 2] if m % 2 else 0.5 * (w[m // 2 - 1] + w[m // 2])
+        if m >= 2:                       # one previous day is an anecdote, not a profile
+            self.pred[j] = w[m // 2] if m % 2 else 0.5 * (w[m // 2 - 1] + w[m // 2])
         self.pend_t[j] = None
 
     def residual(self, t: float, x: float) -> tuple[float | None, float | None, int]:
@@ -304,9 +333,17 @@ class SpikeDetector:
         self._decay = _exp(-1.0 / float(cfg["refractory"])) if cfg["refractory"] else 0.0
         self._esc = float(cfg["escalation"])
         self._alert = float(cfg["alert_strength"])
+        self._excess = float(cfg["alert_excess"])
         self._two = bool(cfg["two_sided"])
         self._peak = 0.0
         self.n = 0
+        self._rho0 = float(cfg["diff_rho"])
+        self._young = float(cfg["young_extra"])
+        self._young_s = float(cfg["young_days"]) * _DAY
+        self._t0: float | None = None
+        self._var = 0.0                  # EW second moment and lag-1 covariance of the deviation d
+        self._cov = 0.0                  # (value - recent mean), alpha 0.01
+        self._prev: float | None = None
         # daily profile: slot width from the median spacing of the first updates
         self._deltas: list[float] = []
         self._last_t: float | None = None
@@ -355,6 +392,20 @@ class SpikeDetector:
         s = self._vals.srt
         return s[len(s) // 2] if s else None
 
+    def _beyond(self, x: float) -> bool:
+        """Is ``x`` clearly outside the usual range, not just at its edge?"""
+        s = self._vals.srt
+        n = len(s)
+        k = self._vals.k
+        if n < 2 * k:
+            return True
+        med = s[n >> 1]
+        hi = s[n - k]
+        if x >= med:
+            return x >= hi + self._excess * (hi - med)
+        lo = s[k - 1]
+        return x <= lo - self._excess * (med - lo)
+
     def _evaluate(self, t: float, x: float, peek: bool = False):
         vals = self._vals
         s = vals.srt
@@ -369,8 +420,9 @@ class SpikeDetector:
         if len(lag) == self._lag_n:
             d = x - self._lag_sum / self._lag_n
         if n >= k2:
-            pu = vals.upper(x)
-            pl = vals.lower(x) if self._two else 1.0
+            res = vals.resolution()
+            pu = vals.upper(x, res)
+            pl = vals.lower(x, res) if self._two else 1.0
             if pu <= pl:
                 pv, direction = pu, "up"
             else:
@@ -381,28 +433,42 @@ class SpikeDetector:
             diffs = self._diffs
             if d is not None and len(diffs.srt) >= k2:
                 # abruptness: a jump (or fall) this large relative to the recent mean
-                pd = diffs.upper(d)
-                pl = diffs.lower(d)
+                pd = diffs.upper(d, res)
+                pl = diffs.lower(d, res)
                 pd = 2.0 * (pd if pd < pl else pl)
                 if pd > 1.0:
                     pd = 1.0
-            strength = -_log(pv * pd + _TINY) - _log(n + 1.0)
+            # When the deviations from the recent mean are themselves independent (Poisson counts around
+            # a rhythm, per-message marks), the deviation is just the value again: counting both would
+            # square the evidence. So abruptness counts in proportion to the deviations' autocorrelation.
+            w = 0.0
+            if pd < 1.0 and self._var > 0.0:
+                w = self._cov / (self._var * self._rho0) if self._rho0 > 0.0 else 1.0
+                w = 0.0 if w <= 0.0 else (1.0 if w >= 1.0 else w)
+            strength = -_log(pv + _TINY) - w * _log(pd + _TINY) - _log(n + 1.0)
             source = "value"
         expected = None
         learn_daily = None
         daily = self._daily
         if daily is not None:
             best, expected, b = daily.residual(t, x)
+            if n < k2:
+                res = 0.0
             learn_daily = (b, best)
             w = daily.weight()
             tail = daily.tail
             ns = len(tail.srt)
             if best is not None and w > 0.0 and ns >= k2:
-                ls = w * (-_log(tail.upper(best) + _TINY) - _log(ns + 1.0))
+                ls = w * (-_log(tail.upper(best, res) + _TINY) - _log(ns + 1.0))
                 if ls > strength:
                     strength = ls
                     source = "daily"
                     direction = "up" if expected is not None and x >= expected else "down"
+        if self._young and strength != -math.inf:
+            t0 = self._t0
+            age = (t - t0) / self._young_s if t0 is not None and self._young_s > 0.0 else 1.0
+            if age < 1.0:
+                strength -= self._young * (1.0 - (age if age > 0.0 else 0.0))
         warm = self.n >= self._warmup
         score = 0.0
         alert = False
@@ -410,7 +476,7 @@ class SpikeDetector:
         if warm and strength > 0.0:
             if strength > self._esc * new_peak:
                 score = strength / (strength + self._alert)
-                alert = strength >= self._alert
+                alert = strength >= self._alert and (self._excess <= 0.0 or self._beyond(x))
             if strength > new_peak:
                 new_peak = strength
         if not warm:
@@ -425,11 +491,19 @@ class SpikeDetector:
 
     def _learn(self, t: float, x: float, learn) -> None:
         d, new_peak, learn_daily, baseline = learn
+        if self._t0 is None:
+            self._t0 = t
         self.n += 1
         self._peak = new_peak
         self._vals.add(x)
         if d is not None:
             self._diffs.add(d)
+        if d is not None:
+            prev = self._prev
+            if prev is not None:
+                self._var += 0.01 * (d * d - self._var)
+                self._cov += 0.01 * (d * prev - self._cov)
+            self._prev = d
         lag = self._lag
         lag.append(x)
         self._lag_sum += x
