@@ -1,7 +1,9 @@
 """Entry point of the dashboard (``streamlit run app.py``; ``mailaudit dashboard`` does it for you).
 
 Navigation is always declared through ``st.navigation``: before sign-in it holds only the login page,
-so no other page (and no ``pages/`` file) is reachable by URL until the session has a role.
+so no other page is reachable by URL until the session has a role. The page scripts live in
+``views/``, not ``pages/``: Streamlit runs a ``pages/`` file directly when its URL is the first one a
+fresh server sees (the legacy multipage mode), which would skip this entry point and its login gate.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ if ctx is None:
     st.stop()
 
 pages = [
-    st.Page("pages/live.py", title="Live", icon=":material/monitoring:", default=True),
-    st.Page("pages/incidents.py", title="Incidents", icon=":material/crisis_alert:"),
-    st.Page("pages/search.py", title="Search", icon=":material/search:"),
-    st.Page("pages/services.py", title="Services", icon=":material/dns:"),
+    st.Page("views/live.py", title="Live", icon=":material/monitoring:", default=True),
+    st.Page("views/incidents.py", title="Incidents", icon=":material/crisis_alert:"),
+    st.Page("views/search.py", title="Search", icon=":material/search:"),
+    st.Page("views/services.py", title="Services", icon=":material/dns:"),
 ]
 nav = st.navigation(pages)
 ui.sidebar(ctx)
-nav.run()
+try:
+    nav.run()
+except ui.STORE_ERRORS as e:
+    ui.store_unavailable(e)

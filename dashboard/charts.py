@@ -34,7 +34,7 @@ def rate_by_service(df: pd.DataFrame, value: str, title: str, services: Sequence
         .encode(
             x=alt.X("time:T", title=None, axis=alt.Axis(format=time_format, labelAngle=0, grid=False)),
             y=alt.Y(f"{value}:Q", title=title, axis=alt.Axis(format="~s")),
-            color=alt.Color("service:N", scale=scale, legend=alt.Legend(orient="bottom", title=None, columns=5, labelLimit=120)),
+            color=alt.Color("service:N", scale=scale, legend=alt.Legend(orient="right", title=None, labelLimit=110)),
             tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M UTC"), "service:N",
                      alt.Tooltip(f"{value}:Q", format=",.2f", title=title)],
         )
@@ -120,7 +120,7 @@ def recipients_histogram(df: pd.DataFrame, color: str = PALETTE[0]) -> alt.Chart
         .mark_bar(color=color)
         .encode(
             x=alt.X("recipients_per_message:O", title="envelope recipients per message", axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("messages:Q", title="messages", scale=alt.Scale(type="symlog")),
+            y=alt.Y("messages:Q", title="messages (square-root scale)", scale=alt.Scale(type="sqrt")),
             tooltip=[alt.Tooltip("recipients_per_message:O", title="recipients"), alt.Tooltip("messages:Q", format=",")],
         )
         .properties(height=HEIGHT)

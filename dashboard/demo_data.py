@@ -38,7 +38,7 @@ class DemoLoad:
 def _streams(now_ms: int, hours: float, rate: float, seed: int) -> Iterable[tuple[Simulator, Iterable[Event]]]:
     span = hours * 3600.0
     live = Simulator(seed=seed, start_ms=now_ms - int(span * 1000), rate=rate)
-    yield live, live.events(span, incident="concatenated_to", incident_at_s=span - 14 * 60, incident_size=400)
+    yield live, live.events(span, incident="concatenated_to", incident_at_s=span - 14 * 60, incident_size=600)
     # Earlier and short: a Cc-instead-of-Bcc leak on billing, long resolved by now.
     earlier = Simulator(seed=seed + 1, start_ms=now_ms - int(min(span, 5 * 3600) * 1000), rate=max(1.0, rate / 20),
                         services=["billing"])

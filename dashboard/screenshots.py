@@ -4,7 +4,7 @@ Starts a throw-away local stack, loads simulated traffic with its incidents dete
 (``demo_data``), serves the app headless on a free port and drives Debian's chromium/chromedriver
 with Selenium. Each page is captured only once it shows the loaded numbers and Streamlit has
 finished running (a bare ``--screenshot`` would capture the loading skeleton). Output:
-``docs/screenshots/{live,incidents,incident,search,services}.png``.
+``docs/screenshots/{live,incidents,incident,incident-exposure,search,services}.png``.
 
 The helpers (``start_app``, ``make_driver``, ``wait_for_text``, ``settle``) are shared with the
 browser test.
@@ -122,6 +122,16 @@ def settle(driver, timeout_s: float = 30.0, quiet_s: float = 1.5) -> None:
         time.sleep(0.2)
 
 
+def _tab(driver, label: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    for t in driver.find_elements(By.CSS_SELECTOR, '[role="tab"]'):
+        if t.text.startswith(label):
+            t.click()
+            return
+    raise RuntimeError(f"no tab {label!r}")
+
+
 def _search(driver, address: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -162,13 +172,19 @@ def capture(config_path: Path, out_dir: Path, open_incident: str | None, search_
         shot("live", "/", "Messages / s by service", "Open incidents", "Consumer lag", height=1250)
         shot("incidents", "/incidents", "incidents ·")
         if open_incident:
-            shot("incident", f"/incidents?incident={open_incident}", "Exposed addresses", "Response", height=1500)
+            page = f"/incidents?incident={open_incident}"
+            shot("incident", page, "Exposed addresses", "Response", "Addresses exposed", height=1300)
+
+            def exposure_tab():
+                _tab(driver, "Exposure")
+                wait_for_text(driver, "most widely seen first", "Download CSV")
+            shot("incident-exposure", page, "Exposed addresses", action=exposure_tab, height=1300)
         if search_address:
             def go():
                 _search(driver, search_address)
                 wait_for_text(driver, "newest first")
             shot("search", "/search", "Results appear here", action=go)
-        shot("services", "/services", "Baselines", "Detection thresholds", height=1700)
+        shot("services", "/services?service=internal", "Baselines", "Detection thresholds", height=1700)
     finally:
         driver.quit()
         stop_app(proc)

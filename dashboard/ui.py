@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import pandas as pd
 import streamlit as st
+from clickhouse_driver.errors import Error as ClickHouseError
 
 from mailaudit.config import Config, ConfigError, load_config
 from mailaudit.dashboard import auth
@@ -111,6 +112,19 @@ def context() -> Context:
     if db is None:
         db = st.session_state[_DB] = Database(cfg.clickhouse)
     return Context(cfg, db, role)
+
+
+# What a page may raise when ClickHouse is down or unreachable (the page reports it, the app stays up).
+STORE_ERRORS = (ClickHouseError, OSError, EOFError)
+
+
+def store_unavailable(error: BaseException) -> None:
+    """Say that the data store is not answering, and drop the connection so the next run reconnects."""
+    db = st.session_state.pop(_DB, None)
+    if isinstance(db, Database):
+        db.disconnect()
+    st.error(esc(f"ClickHouse is not answering ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no detail'}). "
+                 "This page works again as soon as it is back; reload to retry."), icon=":material/cloud_off:")
 
 
 def login_form() -> None:
@@ -260,11 +274,10 @@ def sidebar(ctx: Context) -> None:
 
 # --- shared widgets ----------------------------------------------------------------------------------------
 
-INCIDENT_PAGE = "pages/incidents.py"
+INCIDENT_PAGE = "views/incidents.py"
 
 
-INCIDENT_COLUMNS = ["severity", "status", "ack", "kind", "service", "campaign", "copies", "exposed", "last seen",
-                    "summary"]
+INCIDENT_COLUMNS = ["severity", "status", "kind", "service", "campaign", "copies", "exposed", "last seen", "summary"]
 
 
 def incident_table(df: pd.DataFrame, key: str, acknowledged: dict[str, Any] | None = None,
@@ -278,8 +291,9 @@ def incident_table(df: pd.DataFrame, key: str, acknowledged: dict[str, Any] | No
     exposed = [max(int(e), stored.get(i, {}).get("exposed", 0)) for i, e in zip(df["incident_id"], df["exposed"])]
     view = pd.DataFrame({
         "severity": df["severity"],
-        "status": df["status"].map(lambda s: STATUS_LABEL.get(s, s)),
-        "ack": [("yes" if i in acknowledged else "") for i in df["incident_id"]],
+        # open -> acknowledged (an operator has it) -> resolved, as on-call tools show it
+        "status": ["acknowledged" if st_ != "resolved" and i in acknowledged else STATUS_LABEL.get(st_, st_)
+                   for st_, i in zip(df["status"], df["incident_id"])],
         "kind": df["kind"].map(kind_label),
         "service": df["service"],
         "campaign": [c or t for c, t in zip(df["campaign"], df["template"])],
@@ -294,8 +308,7 @@ def incident_table(df: pd.DataFrame, key: str, acknowledged: dict[str, Any] | No
         column_order=columns or INCIDENT_COLUMNS,
         column_config={
             "severity": st.column_config.TextColumn("severity", width=80),
-            "status": st.column_config.TextColumn("status", width=80),
-            "ack": st.column_config.TextColumn("ack", width=45, help="acknowledged by an operator"),
+            "status": st.column_config.TextColumn("status", width=100),
             "kind": st.column_config.TextColumn("kind", width=190),
             "campaign": st.column_config.TextColumn("campaign / template"),
             "copies": st.column_config.NumberColumn("copies", format="localized", width=70,

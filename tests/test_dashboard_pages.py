@@ -114,7 +114,7 @@ def test_live_last_day_window_and_unreachable_kafka(env, tmp_path, monkeypatch):
 
 def test_incident_list_and_filters(env):
     cfg, db, s = env()
-    at = run_app("pages/incidents.py")
+    at = run_app("views/incidents.py")
     table = frame_with(at, "summary")
     assert list(table["kind"]) == ["Concatenated To: header", "Volume spike"]
     assert list(table["status"]) == ["open", "resolved"]
@@ -129,7 +129,7 @@ def test_incident_list_and_filters(env):
 
 def test_incident_page_shows_exposure_evidence_and_masked_headers(env):
     cfg, db, s = env()
-    at = run_app("pages/incidents.py", incident=s.incident_id)
+    at = run_app("views/incidents.py", incident=s.incident_id)
     m = metrics(at)
     assert (m["Leaking copies"], m["Exposed addresses"], m["Seen by"]) == ("3", "12", "3")
     exposure = frame_with(at, "seen_by")
@@ -147,7 +147,7 @@ def test_incident_page_shows_exposure_evidence_and_masked_headers(env):
 
 def test_unknown_incident_id_is_reported(env):
     env()
-    at = run_app("pages/incidents.py", incident="00000000-0000-0000-0000-000000000000")
+    at = run_app("views/incidents.py", incident="00000000-0000-0000-0000-000000000000")
     assert any("No incident" in e.value for e in at.error)
 
 
@@ -164,7 +164,7 @@ def _control_records(cfg) -> list[tuple[bytes, dict]]:
 
 def test_operator_holds_releases_and_acknowledges(env):
     cfg, db, s = env()
-    at = run_app("pages/incidents.py", incident=s.incident_id)
+    at = run_app("views/incidents.py", incident=s.incident_id)
     at.text_input(key="action_reason").set_value("To: lists the whole segment").run()
     at.button(key="hold").click().run()
     assert not at.exception
@@ -184,13 +184,13 @@ def test_operator_holds_releases_and_acknowledges(env):
     assert log == [("acknowledge", s.incident_id, "dashboard:operator"),
                    ("hold", f"newsletter/{LEAK_CAMPAIGN}", "dashboard:operator"),
                    ("release", f"newsletter/{LEAK_CAMPAIGN}", "dashboard:operator")]
-    at = run_app("pages/incidents.py", incident=s.incident_id)
+    at = run_app("views/incidents.py", incident=s.incident_id)
     activity = frame_with(at, "actor")
     assert sorted(activity["action"]) == ["acknowledge", "hold", "release"]
-    at.switch_page("pages/incidents.py")
+    at.switch_page("views/incidents.py")
     at.query_params.clear()
     at.run()
-    assert list(frame_with(at, "summary")["ack"]) == ["yes", ""]
+    assert list(frame_with(at, "summary")["status"]) == ["acknowledged", "resolved"]
 
 
 # --- Login and roles --------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_login_roles_reader_sees_operator_acts(env):
     at.text_input[0].set_value("reader-pass-1")
     at.button[0].click().run()
     assert metrics(at)["Open incidents"] == "1"
-    at.switch_page("pages/incidents.py")
+    at.switch_page("views/incidents.py")
     at.query_params["incident"] = s.incident_id
     at.run()
     assert at.button(key="hold").disabled and at.button(key="ack").disabled and at.button(key="release").disabled
@@ -221,7 +221,7 @@ def test_login_roles_reader_sees_operator_acts(env):
     op = AppTest.from_file(APP, default_timeout=60).run()
     op.text_input[0].set_value("operator-pass-1")
     op.button[0].click().run()
-    op.switch_page("pages/incidents.py")
+    op.switch_page("views/incidents.py")
     op.query_params["incident"] = s.incident_id
     op.run()
     assert not op.button(key="hold").disabled
@@ -255,7 +255,7 @@ def _search(at: AppTest, **fields) -> AppTest:
 def test_search_by_address_sends_only_the_hash(env):
     cfg, db, s = env()
     rec = RecordingDatabase(cfg.clickhouse)
-    at = run_app("pages/search.py", session={ui._DB: rec})
+    at = run_app("views/search.py", session={ui._DB: rec})
     _search(at, q_address="  Farid@Yahoo.com ")            # s.leaked_address, typed carelessly
     assert normalise_address(s.leaked_address) == "farid@yahoo.com"
     rows = frame_with(at, "match")
@@ -269,7 +269,7 @@ def test_search_by_address_sends_only_the_hash(env):
 
 def test_search_pages_through_results(env):
     cfg, db, s = env()
-    at = run_app("pages/search.py")
+    at = run_app("views/search.py")
     _search(at, q_service="billing")
     assert any("150 messages" in md.value for md in at.markdown)
     assert any("Page 1 of 3" in md.value for md in at.markdown)
@@ -288,7 +288,7 @@ def test_services_baselines_and_thresholds(env, tmp_path, monkeypatch):
     cfg, db, s = env()
     cfg.detect.services = {"billing": {"disclosure": {"strangers_critical": 5}}}
     _use(cfg, tmp_path, monkeypatch)
-    at = run_app("pages/services.py")
+    at = run_app("views/services.py")
     base = frame_with(at, "per_min_median").set_index("service")
     assert base["messages"].to_dict() == s.messages_last_day
     assert base.loc["support", "recipients"] == 30 and base.loc["support", "rcpt_p50"] == 3
@@ -303,3 +303,60 @@ def test_services_baselines_and_thresholds(env, tmp_path, monkeypatch):
     at.selectbox(key="svc_service").set_value("support").run()
     assert metrics(at)["Rcpt/msg p50"] == "3.00"
     assert len(at.get("vega_lite_chart")) == 3
+    linked = run_app("views/services.py", service="newsletter")          # deep link
+    assert linked.selectbox(key="svc_service").value == "newsletter" and metrics(linked)["Messages"] == "43"
+
+
+# --- Failure modes ---------------------------------------------------------------------------------------
+
+def test_clickhouse_down_is_reported_not_crashed(env, tmp_path, monkeypatch):
+    from mailaudit.stack import free_port
+
+    cfg, db, s = env()
+    cfg.clickhouse.url = f"clickhouse://default:@127.0.0.1:{free_port()}/nowhere"     # nothing listens
+    _use(cfg, tmp_path, monkeypatch)
+    at = run_app()
+    assert any("ClickHouse is not answering" in e.value for e in at.error)
+    at.switch_page("views/search.py").run()
+    assert not at.exception and any("ClickHouse is not answering" in e.value for e in at.error)
+
+
+def test_dashboard_verb_serves_the_app_and_creates_the_aggregate(make_cfg, tmp_path):
+    """``mailaudit dashboard`` end to end: policy check, aggregate for an older schema, exec of Streamlit."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from helpers import wait_until
+    from mailaudit.stack import free_port
+
+    cfg = make_cfg()
+    db = Database(cfg.clickhouse)
+    migrate(db)
+    assert not aggregates.exists(db)
+    cfg.dashboard.port = free_port()
+    path = write_config(cfg, tmp_path / "dash.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILAUDIT_")}
+    log = open(tmp_path / "dashboard.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "mailaudit", "--config", str(path), "dashboard"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def healthy():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{cfg.dashboard.port}/_stcore/health", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+        wait_until(healthy, timeout=60, what="the dashboard's health endpoint")
+        assert aggregates.exists(db)
+        with urllib.request.urlopen(f"http://127.0.0.1:{cfg.dashboard.port}/", timeout=5) as r:
+            assert b"<html" in r.read().lower()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    assert proc.returncode is not None

@@ -56,8 +56,10 @@ st.dataframe(
     })
 
 names = list(base["service"])
-busiest = int(base["messages"].idxmax())
-service = st.selectbox("Service", names, index=busiest, key="svc_service")
+# ?service=NAME links straight to one service; otherwise the busiest one is shown first.
+wanted = st.query_params.get("service")
+default = names.index(wanted) if wanted in names else int(base["messages"].idxmax())
+service = st.selectbox("Service", names, index=default, key="svc_service")
 row = base[base["service"] == service].iloc[0]
 color = charts.PALETTE[sorted(names).index(service) % len(charts.PALETTE)]
 m = st.columns(6)

@@ -23,6 +23,14 @@ def _lag(bootstrap: str, groups: tuple, _kcfg) -> list | None:
 
 @st.fragment(run_every=max(2, int(ctx.cfg.dashboard.refresh_s)))
 def live() -> None:
+    # A fragment's errors stay inside the fragment, so it reports an unreachable store itself.
+    try:
+        _live()
+    except ui.STORE_ERRORS as e:
+        ui.store_unavailable(e)
+
+
+def _live() -> None:
     span, bucket, tfmt = WINDOWS[window]
     now = ui.now_s()
     since, until = now - span, now + 60
@@ -79,8 +87,8 @@ def live() -> None:
         ui.incident_table(open_inc, key="live_incidents",
                           acknowledged=queries.acknowledged(ctx.db, open_inc["incident_id"]),
                           stored=queries.exposure_counts(ctx.db, open_inc["incident_id"]),
-                          columns=["severity", "ack", "kind", "service", "campaign", "copies", "exposed", "last seen",
-                                   "summary"])
+                          columns=["severity", "status", "kind", "service", "campaign", "copies", "exposed",
+                                   "last seen", "summary"])
 
     st.subheader("Services")
     if totals.empty:

@@ -155,7 +155,12 @@ def incident_page(incident_id: str) -> None:
     st.markdown(ui.esc(inc["summary"]))
 
     summary = queries.exposure_summary(ctx.db, incident_id)
+    table = ui.cached(ctx, queries.exposure_table, incident_id)
+    # The incident row is as of its latest alert (updates are rate-limited); stored copies may be newer.
     first_s, last_s = int(inc["first_seen"].timestamp()), int(inc["last_seen"].timestamp())
+    if not table.empty:
+        first_s = min(first_s, int(table["first_seen"].min().timestamp()))
+        last_s = max(last_s, int(table["last_seen"].max().timestamp()))
     m = st.columns(5)
     m[0].metric("Leaking copies" if inc["category"] == "disclosure" else "Messages",
                 ui.fmt_int(max(summary["copies"], int(inc["copies"]))), border=True)
@@ -163,19 +168,18 @@ def incident_page(incident_id: str) -> None:
                 help="distinct addresses shown to people they were not sent to")
     m[2].metric("Seen by", ui.fmt_int(summary["recipients"]), border=True,
                 help="distinct envelope recipients of the leaking copies")
-    m[3].metric("First seen", ui.fmt_clock(inc["first_seen"]), border=True, help=ui.fmt_time(inc["first_seen"]))
-    m[4].metric("Duration", ui.fmt_duration(last_s - first_s), border=True,
-                help=f"last seen {ui.fmt_time(inc['last_seen'])}")
+    first_ts, last_ts = pd.Timestamp(first_s, unit="s", tz="UTC"), pd.Timestamp(last_s, unit="s", tz="UTC")
+    m[3].metric("First seen", ui.fmt_clock(first_ts), border=True, help=ui.fmt_time(first_ts))
+    m[4].metric("Duration", ui.fmt_duration(last_s - first_s), border=True, help=f"last seen {ui.fmt_time(last_ts)}")
 
     actions_panel(inc, incident_id)
 
     tabs = st.tabs(["Timeline", f"Exposure ({ui.fmt_int(summary['exposed'])})", "Headers", "Evidence", "Activity"])
-    table = ui.cached(ctx, queries.exposure_table, incident_id)
     with tabs[0]:
         span = max(60, last_s - first_s)
         pad = max(1800, span // 4)
         bucket, tfmt = _bucket(span + 2 * pad)
-        since, until = first_s - pad, last_s + pad
+        since, until = first_s - pad, min(last_s + pad, max(ui.now_s() + 60, last_s + 60))
         domain = (pd.Timestamp(since, unit="s", tz="UTC"), pd.Timestamp(until, unit="s", tz="UTC"))
         traffic = queries.scope_traffic(ctx.db, inc["service"], inc["campaign"] or None, since, until, bucket)
         left, right = st.columns(2)
