@@ -8,6 +8,7 @@ the output is counts per table. See ingest/erasure.py and docs/security.md.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 HELP = "erase addresses from every table (anonymise or delete), with an audit record"
@@ -43,6 +44,10 @@ def _read(args) -> list[str]:
 
 
 def run(args, cfg) -> int:
+    return _guarded(_run, args, cfg)
+
+
+def _run(args, cfg) -> int:
     from mailaudit.cli import UserError
     from mailaudit.ingest.clickhouse import Database
     from mailaudit.ingest.erasure import forget, looks_like_address
@@ -74,3 +79,18 @@ def run(args, cfg) -> int:
             print("  verified: no trace left" if res.verified else
                   f"  TRACES LEFT in {', '.join(f'{k} ({v})' for k, v in res.traces.items())}")
     return 0 if (args.dry_run or args.no_verify or res.verified) else 1
+
+
+def _guarded(fn, args, cfg) -> int:
+    """An unreachable or refusing ClickHouse is an operator's problem to fix: one line, no traceback."""
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    from mailaudit.cli import UserError
+
+    # clickhouse-driver logs each failed connect with a traceback; the one line below says it all.
+    logging.getLogger("clickhouse_driver.connection").setLevel(logging.CRITICAL)
+    try:
+        return fn(args, cfg)
+    except (ClickHouseError, OSError, EOFError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"ClickHouse: {first[:300]}") from None

@@ -8,6 +8,7 @@ for the defaults.
 from __future__ import annotations
 
 import json
+import logging
 
 HELP = "apply the retention policy: drop expired partitions, delete expired rows (servers without TTL)"
 
@@ -22,6 +23,10 @@ def configure(p):
 
 
 def run(args, cfg) -> int:
+    return _guarded(_run, args, cfg)
+
+
+def _run(args, cfg) -> int:
     from mailaudit.ingest.clickhouse import Database
     from mailaudit.ingest.erasure import default_actor, record_audit
     from mailaudit.ingest.retention import run_retention
@@ -48,3 +53,18 @@ def run(args, cfg) -> int:
         print(f"{r.table}: cut-off {r.cutoff:%Y-%m-%d %H:%M:%S}Z; {verb} {len(r.dropped)} partition(s) "
               f"({r.dropped_rows} rows), {'would delete' if args.dry_run else 'deleted'} {r.deleted_rows} row(s)")
     return 0
+
+
+def _guarded(fn, args, cfg) -> int:
+    """An unreachable or refusing ClickHouse is an operator's problem to fix: one line, no traceback."""
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    from mailaudit.cli import UserError
+
+    # clickhouse-driver logs each failed connect with a traceback; the one line below says it all.
+    logging.getLogger("clickhouse_driver.connection").setLevel(logging.CRITICAL)
+    try:
+        return fn(args, cfg)
+    except (ClickHouseError, OSError, EOFError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"ClickHouse: {first[:300]}") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 import secrets
@@ -82,6 +83,10 @@ def _audit(cfg, args, action_detail: dict) -> None:
 
 
 def run(args, cfg) -> int:
+    return _guarded(_run, args, cfg)
+
+
+def _run(args, cfg) -> int:
     from mailaudit.cli import UserError
     from mailaudit.config import ConfigError
     from mailaudit.ingest.keys import KeyRing, check_key_id, format_old_keys, parse_old_keys
@@ -157,3 +162,18 @@ def run(args, cfg) -> int:
     print(f"{args.key_id} retired: no row uses it. {old_file} rewritten without it; point "
           f"MAILAUDIT_OLD_HASH_KEYS_FILE at it and restart the processes, then destroy every copy of the old secret.")
     return 0
+
+
+def _guarded(fn, args, cfg) -> int:
+    """An unreachable or refusing ClickHouse is an operator's problem to fix: one line, no traceback."""
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    from mailaudit.cli import UserError
+
+    # clickhouse-driver logs each failed connect with a traceback; the one line below says it all.
+    logging.getLogger("clickhouse_driver.connection").setLevel(logging.CRITICAL)
+    try:
+        return fn(args, cfg)
+    except (ClickHouseError, OSError, EOFError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"ClickHouse: {first[:300]}") from None
