@@ -98,10 +98,22 @@ def needles(ring: KeyRing) -> list[str]:
     return ring.all_hashes(TARGET) + [TARGET_N, mask_address(TARGET)]
 
 
+_OPEN: list[Database] = []
+
+
 def _db_18(make_cfg) -> Database:
     db = Database(make_cfg().clickhouse)
     migrate(db)
+    _OPEN.append(db)
     return db
+
+
+@pytest.fixture(autouse=True)
+def _disconnect():
+    """An idle connection left open makes the server's shutdown at the end of the session wait."""
+    yield
+    while _OPEN:
+        _OPEN.pop().disconnect()
 
 
 @pytest.fixture(params=["18.16", "modern"])
@@ -249,6 +261,7 @@ def test_forget_cli_reads_a_file_and_never_prints_the_address(make_cfg, tmp_path
     cfg.privacy.old_hash_keys = f"k0:{secrets.token_hex(8)}"
     db = Database(cfg.clickhouse)
     migrate(db)
+    _OPEN.append(db)
     ring = KeyRing.from_config(cfg.privacy)
     _insert_events(db, cfg.privacy, ring.current, [make_event(1, to=TARGET, envelope=[TARGET])])
     path = write_config(cfg, tmp_path / "c.toml")

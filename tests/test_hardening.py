@@ -134,7 +134,10 @@ def test_a_lone_surrogate_escape_is_rejected_not_a_poison_message(make_cfg):
         return
     rows = EventRows(PrivacyConfig(hash_key="k"), AddressHasher(b"k"))
     rows.add(parse_event(event))
-    db.insert("events", rows.columns())          # must not raise: or the consumer retries this batch forever
+    try:
+        db.insert("events", rows.columns())      # must not raise: or the consumer retries this batch forever
+    finally:
+        db.disconnect()
 
 
 @pytest.mark.servers

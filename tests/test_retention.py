@@ -29,6 +29,17 @@ NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 POLICY = RetentionConfig(events_days=10, errors_days=30, alerts_days=60, incidents_days=45)
 
 
+@pytest.fixture
+def server_db(make_cfg):
+    """(cfg, migrated Database on the 18.16 server); disconnected after the test (an idle connection
+    makes the server's shutdown wait)."""
+    cfg = make_cfg()
+    db = Database(cfg.clickhouse)
+    migrate(db)
+    yield cfg, db
+    db.disconnect()
+
+
 def _ms(t: dt.datetime) -> int:
     return int(t.timestamp() * 1000)
 
@@ -122,9 +133,8 @@ def _check(db, times):
     assert _counts(db) == want
 
 
-def test_retention_on_18_16_removes_exactly_the_expired_data(make_cfg):
-    db = Database(make_cfg().clickhouse)
-    migrate(db)
+def test_retention_on_18_16_removes_exactly_the_expired_data(server_db):
+    _, db = server_db
     assert not db.capabilities.ttl
     _check(db, populate(db))
 
@@ -147,9 +157,8 @@ def test_partition_end():
     assert partition_end("tuple()", "month") is None and partition_end("2026", "day") is None
 
 
-def test_days_zero_keeps_a_table_forever(make_cfg):
-    db = Database(make_cfg().clickhouse)
-    migrate(db)
+def test_days_zero_keeps_a_table_forever(server_db):
+    _, db = server_db
     times = populate(db)
     res = {r.table: r for r in run_retention(db, RetentionConfig(events_days=0, errors_days=0, alerts_days=0,
                                                                  incidents_days=0), now=NOW)}
@@ -157,10 +166,8 @@ def test_days_zero_keeps_a_table_forever(make_cfg):
     assert _counts(db)["errors"] == len(times["long"])
 
 
-def test_retention_cli_drops_old_data_and_records_it(make_cfg, tmp_path):
-    cfg = make_cfg()
-    db = Database(cfg.clickhouse)
-    migrate(db)
+def test_retention_cli_drops_old_data_and_records_it(server_db, tmp_path):
+    cfg, db = server_db
     now = dt.datetime.now(UTC)
     rows = EventRows(PrivacyConfig(hash_key="k"), AddressHasher(b"k"))
     for i, t in enumerate((dt.datetime(2020, 1, 1, tzinfo=UTC), now)):

@@ -122,3 +122,4 @@ def test_rotation_procedure_end_to_end(make_cfg, tmp_path):
     assert sorted(steps) == ["new", "retire"]
     for (d,) in db.execute("SELECT detail FROM {db}.audit_log"):
         assert old_secret not in d and new_secret not in d
+    db.disconnect()
