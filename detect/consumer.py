@@ -12,8 +12,9 @@ the checkpoint is loaded and each partition it knows is re-read from the checkpo
 state matches the input exactly; alert ids are deterministic, so the few alerts that may be produced
 twice around a crash carry the same ids and collapse in the sinks.
 
-Idle input: when a poll returns nothing the engine's watermark is advanced to ``now - lateness``
-(sources are live), so a quiet service still closes its windows and resolves its incidents.
+Live sources: once a second, when the consumer is caught up, the engine's watermark is advanced to
+``now - lateness`` for every service, so a quiet service still closes its windows and resolves its
+incidents while others are busy.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class DetectConsumer:
         self._positions: dict[tuple[str, int], int] = {}
         self._checkpoint_positions: dict[tuple[str, int], int] = {}
         self._last_commit = time.monotonic()
+        self._advanced_at = 0.0
         # Copies that may leak: event_id -> (service, campaign, envelope hashes), to say "to whom".
         self._envelopes: OrderedDict[str, tuple[str, str, list[str]]] = OrderedDict()
         self._load_checkpoint()
@@ -178,14 +180,21 @@ class DetectConsumer:
         return self.stats
 
     def poll_once(self, timeout_ms: int = 100) -> None:
-        records = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.kafka.max_poll_records)
+        max_records = self.cfg.kafka.max_poll_records
+        records = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         alerts = []
-        if records:
-            for tp, recs in records.items():
-                for r in recs:
-                    alerts.extend(self._process(r.value))
-                self._positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
-        else:
+        n = 0
+        for tp, recs in records.items():
+            for r in recs:
+                alerts.extend(self._process(r.value))
+            n += len(recs)
+            self._positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
+        # Caught up (the poll did not fill up): the sources are live, so no event older than
+        # now - lateness is still to come, for any service. While catching up on a backlog the
+        # wall clock says nothing about what is still unread, so the watermark then moves with
+        # the events alone.
+        if n < max_records and time.monotonic() - self._advanced_at >= 1.0:
+            self._advanced_at = time.monotonic()
             alerts.extend(self.engine.advance(self.clock() - int(self.cfg.detect.lateness_s * 1000)))
         self._emit(alerts)
         if time.monotonic() - self._last_commit >= self.commit_interval_s:

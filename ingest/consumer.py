@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from mailaudit.config import Config
@@ -66,7 +67,8 @@ class IngestConsumer:
         self.db = db or Database(cfg.clickhouse)
         self.hasher = AddressHasher(cfg.require_hash_key(), cfg.privacy.hash_key_id)
         self.consumer = consumer or make_consumer(cfg.kafka, cfg.kafka.ingest_group)
-        self.producer = producer or make_producer(cfg.kafka)
+        # The DLQ producer must take the largest DLQ copy (dlq_max_bytes) plus headers and framing.
+        self.producer = producer or make_producer(cfg.kafka, max_request_size=max(1_048_576, cfg.ingest.dlq_max_bytes + 65_536))
         self.writer = BatchWriter(cfg, self.db, self.producer)
         self.stop_event = stop_event or threading.Event()
         self.stats = ConsumerStats()
@@ -108,7 +110,7 @@ class IngestConsumer:
                     break
                 self.poll_once()
             # Finish: one more attempt at the batch in hand, never a commit without a write.
-            if len(self.batch):
+            if len(self.batch) and not self._abandon:
                 self._flush(retry=False)
         finally:
             self.close()
@@ -126,7 +128,13 @@ class IngestConsumer:
 
     # -- the loop ----------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 200) -> None:
-        records = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.kafka.max_poll_records)
+        # Never read more than fits in the batch: memory stays bounded at one batch.
+        room = max(1, min(self.cfg.kafka.max_poll_records, self.cfg.ingest.batch_size - len(self.batch)))
+        records = self.consumer.poll(timeout_ms=timeout_ms, max_records=room)
+        if self._abandon:
+            self._abandon = False
+            if len(self.batch):
+                self._abandon_batch(self.batch)
         for recs in records.values():
             if self.stats.first_record_at is None:
                 self.stats.first_record_at = time.monotonic()
@@ -208,12 +216,11 @@ class IngestConsumer:
             end = time.monotonic() + seconds
             while time.monotonic() < end and not self.stop_event.is_set():
                 recs = self.consumer.poll(timeout_ms=min(100, max(1, int((end - time.monotonic()) * 1000))))
-                # Paused partitions return nothing; a partition newly assigned during the wait is
-                # paused too so the batch in hand stays the only unwritten data.
-                if recs:
-                    for tp, rs in recs.items():
-                        self.batch.submit_many(rs)
-                        self.stats.consumed += len(rs)
+                # Paused partitions return nothing; a partition newly assigned during the wait can:
+                # rewind it and pause it too, so the batch in hand stays the only unwritten data.
+                for tp, rs in recs.items():
+                    if rs:
+                        self.consumer.seek(tp, rs[0].offset)
                 self.consumer.pause(*self.consumer.assignment())
         finally:
             self._retrying = False
@@ -226,17 +233,20 @@ class IngestConsumer:
         to_commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
                      for (t, p), o in offsets.items() if TopicPartition(t, p) in assigned}
         if to_commit:
-            self.consumer.commit(to_commit)
+            try:
+                self.consumer.commit(to_commit)
+            except KafkaError as e:
+                # The rows are stored; only the bookmark failed (e.g. the group moved on). The
+                # records will be read again by whoever owns the partitions and collapse on event_id.
+                log.warning("offset commit after a successful write failed (%s); records will be re-read", e)
+                return
             self.stats.commits += 1
             self.stats.last_commit_at = time.monotonic()
 
     def _on_revoked(self, revoked) -> None:
-        if not len(self.batch):
-            return
-        if self._retrying:
-            # Mid-retry: ClickHouse is down, the new owner will read these records again.
+        """Partitions were revoked or lost. This may run on kafka-python's IO thread, where nothing may
+        block (no write, no commit), so it only marks the batch in hand: the loop abandons it
+        uncommitted and the partitions' next owner reads those records again (ReplacingMergeTree
+        collapses any repeat)."""
+        if len(self.batch):
             self._abandon = True
-            return
-        # Hand over cleanly: write and commit what we have before another consumer takes over.
-        log.info("partitions revoked: flushing batch of %d before hand-over", len(self.batch))
-        self._flush(retry=False)

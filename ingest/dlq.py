@@ -31,12 +31,20 @@ class Rejected:
     detail: str
 
 
-def dlq_headers(r: Rejected) -> list[tuple[str, bytes]]:
-    return [
+def dlq_headers(r: Rejected, max_bytes: int) -> list[tuple[str, bytes]]:
+    h = [
         ("mailaudit.reason", r.reason.encode()),
         ("mailaudit.detail", r.detail.encode("utf-8", "replace")[:1000]),
         ("mailaudit.source", f"{r.topic}/{r.partition}/{r.offset}".encode()),
     ]
+    if len(r.value) > max_bytes:
+        h.append(("mailaudit.truncated", str(len(r.value)).encode()))
+    return h
+
+
+def dlq_value(r: Rejected, max_bytes: int) -> bytes:
+    """The raw bytes, unchanged, unless larger than the DLQ takes: then the first ``max_bytes``."""
+    return r.value if len(r.value) <= max_bytes else r.value[:max_bytes]
 
 
 def excerpt(value: bytes) -> str:

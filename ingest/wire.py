@@ -130,7 +130,35 @@ def decode_event(raw: bytes, extra_fields: Iterable[str] = ()) -> Event:
         doc = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
         raise MalformedEvent("invalid_json", str(e)[:200]) from None
-    return validate_event(doc, extra_fields)
+    event = validate_event(doc, extra_fields)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        _refuse_lone_surrogates(event)
+    return event
+
+
+# A JSON \u escape of a UTF-16 surrogate. A correct pair decodes to one character; a lone one decodes
+# to a string no UTF-8 encoder accepts, which would make the batch insert fail on every retry.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _refuse_lone_surrogates(event: Event) -> None:
+    for name in ("event_id", "service", "campaign", "template", "message_id", "from_", "to", "cc", "bcc", "subject"):
+        value = getattr(event, name)
+        if value:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise MalformedEvent("invalid_utf8", f"{name.rstrip('_')} holds a lone UTF-16 surrogate escape") from None
+    for i, a in enumerate(event.envelope_to):
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedEvent("invalid_utf8", f"envelope_to[{i}] holds a lone UTF-16 surrogate escape") from None
+    if event.extra:
+        try:
+            json.dumps(event.extra, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedEvent("invalid_utf8", "an extra field holds a lone UTF-16 surrogate escape") from None
 
 
 def validate_event(doc: Any, extra_fields: Iterable[str] = ()) -> Event:

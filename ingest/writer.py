@@ -11,7 +11,7 @@ import logging
 from mailaudit.config import Config
 from mailaudit.ingest.batch import Batch
 from mailaudit.ingest.clickhouse import Database
-from mailaudit.ingest.dlq import dlq_headers, error_columns
+from mailaudit.ingest.dlq import dlq_headers, dlq_value, error_columns
 
 log = logging.getLogger("mailaudit.ingest")
 
@@ -37,7 +37,9 @@ class BatchWriter:
             coord = (r.topic, r.partition, r.offset)
             if coord in self._dlq_done:
                 continue
-            fut = self.producer.send(self.cfg.kafka.topic_dlq, key=r.key, value=r.value, headers=dlq_headers(r))
+            limit = self.cfg.ingest.dlq_max_bytes
+            fut = self.producer.send(self.cfg.kafka.topic_dlq, key=r.key, value=dlq_value(r, limit),
+                                     headers=dlq_headers(r, limit))
             futures.append((coord, fut))
         self.producer.flush(timeout=30)
         for coord, fut in futures:

@@ -138,7 +138,10 @@ class IngestConfig:
     batch_time_s: float = 1.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
-    max_record_bytes: int = 4 * 1024 * 1024
+    max_record_bytes: int = 4 * 1024 * 1024   # larger records are rejected as too_large
+    # A DLQ copy is cut to this size (header mailaudit.truncated = original size): Kafka's default
+    # message limit is ~1 MB, and a record the DLQ refuses would block its batch forever.
+    dlq_max_bytes: int = 900_000
 
 
 @dataclass
