@@ -59,7 +59,8 @@ _SPREAD = 0.05     # the tail scale is at least this x the tail threshold's dist
 
 # One configuration for every series (NAB and the product alike).
 DEFAULTS: dict[str, Any] = dict(
-    memory=6000,          # values kept per tail (rows): 21 days of 5-min data, ~4 days of 1-min buckets
+    memory=6000,          # values kept per tail (rows): 21 days of 5-min data ...
+    memory_days=8.0,      # ... but at least this many days (weekly patterns), up to 2 x memory rows
     tail_k=32,            # extremes the exponential tail is fitted to
     decluster_q=0.003,    # values beyond this quantile (each side) form excursions, stored as their peak
     excursion_max=8,      # an excursion longer than this is a new regime: learned value by value
@@ -70,7 +71,7 @@ DEFAULTS: dict[str, Any] = dict(
     young_days=2.0,       # this age (days): until daily cycles have been seen, a rhythm's rise looks like a surge
     season_days=3,        # daily profile: median of the same slot on this many previous days
     season_tol=1,         # ... also comparing with the neighbouring slots (timing jitter)
-    season_explained=(0.5, 0.2),  # profile weight 0 -> 1 as residual/deviation goes from 0.5 to 0.2
+    season_explained=(0.6, 0.3),  # profile weight 0 -> 1 as residual/deviation goes from 0.6 to 0.3
     refractory=200.0,     # decay time constant (updates) of the episode peak
     escalation=1.2,       # inside an episode, re-alert only above this x the decayed peak
     alert_excess=0.0,     # optionally also require the value to lie beyond the usual range (k-th most extreme
@@ -524,6 +525,10 @@ class SpikeDetector:
                     step = dd[len(dd) // 2]
                     nb = max(24, min(1440, int(round(_DAY / step))))
                     m, k, q, emax = self._mk
+                    # fine-grained series (1-min buckets, per-message values) keep a longer history
+                    m = max(m, min(2 * m, int(math.ceil(float(self.cfg["memory_days"]) * _DAY / step))))
+                    self._mk = (m, k, q, emax)
+                    self._vals.m = self._diffs.m = m
                     self._daily = _DailyProfile(nb, int(self.cfg["season_days"]), int(self.cfg["season_tol"]),
                                                 tuple(self.cfg["season_explained"]), _Tail(m, k, q, emax))
                     self._deltas = []
