@@ -26,7 +26,7 @@ def call(name, *args, **kwargs):
     return getattr(queries, name)(*args, **kwargs)
 
 
-@pytest.fixture(params=["server", "chdb"])
+@pytest.fixture(params=[pytest.param("server", marks=pytest.mark.servers), "chdb"])
 def backend(request):
     if request.param == "server":
         cfg = request.getfixturevalue("make_cfg")()
@@ -212,3 +212,14 @@ def test_every_query_function_is_exercised():
               if not n.startswith("_") and f.__module__ == queries.__name__}
     missing = {n for n in public if f'call("{n}"' not in source}
     assert not missing, f"query functions without a test on both servers: {sorted(missing)}"
+
+
+def test_known_services_without_the_aggregate():
+    """Before the aggregate exists (an older schema), the filter choices come from ``events``."""
+    cfg = Config()
+    cfg.privacy.hash_key = "chdb-test-key-0123456789"
+    db = chdb_database(f"dash_{uuid.uuid4().hex[:8]}")
+    migrate(db)
+    s = seed(db, cfg)
+    assert not aggregates.exists(db)
+    assert call("known_services", db, s.now_ms // 1000 - 86400) == ["billing", "newsletter", "receipts", "support"]
