@@ -10,9 +10,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 from helpers import wait_until
 from mailaudit.detect.consumer import DetectConsumer
-from mailaudit.detect.report import exposure_report
+from mailaudit.detect.report import exposure_report, resolve
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.kafka_io import make_producer
+from mailaudit.ingest.keys import KeyRing
 from mailaudit.ingest.privacy import AddressHasher
 from mailaudit.ingest.publisher import HoldGuard
 from mailaudit.ingest.schema import migrate
@@ -96,6 +97,10 @@ def test_concatenated_to_alerts_on_first_copy_holds_and_reports_exposure(make_cf
     report = exposure_report(db, first[6])
     assert {r["address_hash"] for r in report} == {hasher.hash(a) for a in inj.exposed}
     assert all(r["copies"] >= 1 and r["seen_by"] >= 1 for r in report)
+    # --resolve: the operator's own user list, matched by keyed hash, names real addresses.
+    users = list(inj.exposed[:5]) + ["nobody@example.net"]
+    assert resolve(report, users, KeyRing.from_config(cfg.privacy).hashers) == 5
+    assert {r["address"] for r in report if r["address"]} == set(inj.exposed[:5])
     # Alerts also went to mail.alerts, in alert format v1.
     c = KafkaConsumer(**cfg.kafka.client_kwargs(), consumer_timeout_ms=3000, auto_offset_reset="earliest")
     c.assign([TopicPartition(cfg.kafka.topic_alerts, 0)])

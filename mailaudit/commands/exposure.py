@@ -22,7 +22,7 @@ def configure(p):
 def run(args, cfg) -> int:
     from mailaudit.detect.report import COLUMNS, exposure_report, read_addresses, resolve
     from mailaudit.ingest.clickhouse import Database
-    from mailaudit.ingest.privacy import AddressHasher
+    from mailaudit.ingest.keys import KeyRing
 
     try:
         uuid.UUID(args.incident_id)
@@ -32,7 +32,8 @@ def run(args, cfg) -> int:
     columns = list(COLUMNS)
     if args.resolve:
         try:
-            matched = resolve(rows, read_addresses(args.resolve), [AddressHasher(cfg.require_hash_key(), cfg.privacy.hash_key_id)])
+            # Every key of the ring: during a key rotation, older copies were hashed with the old key.
+            matched = resolve(rows, read_addresses(args.resolve), KeyRing.from_config(cfg.privacy).hashers)
         except OSError as e:
             raise UserError(f"cannot read {args.resolve}: {e.strerror}") from None
         columns.insert(0, "address")
