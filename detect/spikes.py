@@ -76,7 +76,7 @@ DEFAULTS: dict[str, Any] = dict(
     escalation=1.2,       # inside an episode, re-alert only above this x the decayed peak
     alert_excess=0.0,     # optionally also require the value to lie beyond the usual range (k-th most extreme
                           # value) by this x that range's distance from the median; 0 = evidence alone decides
-    alert_strength=5.5,   # nats of surprise (after the look-elsewhere term) that make an alert
+    alert_strength=5.0,   # nats of surprise (after the look-elsewhere term) that make an alert
     two_sided=True,       # also score drops (speed/volume falling off a cliff); direction is reported
 )
 
