@@ -189,13 +189,13 @@ class DetectConsumer:
                 alerts.extend(self._process(r.value))
             n += len(recs)
             self._positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
-        # Caught up (the poll did not fill up): the sources are live, so no event older than
-        # now - lateness is still to come, for any service. While catching up on a backlog the
-        # wall clock says nothing about what is still unread, so the watermark then moves with
-        # the events alone.
+        # Live sources: once we have read everything there is (no lag on any assigned partition),
+        # no event older than now - lateness is still to come. While catching up on a backlog the
+        # wall clock says nothing about what is unread, so the watermark moves with the events.
         if n < max_records and time.monotonic() - self._advanced_at >= 1.0:
             self._advanced_at = time.monotonic()
-            alerts.extend(self.engine.advance(self.clock() - int(self.cfg.detect.lateness_s * 1000)))
+            if self._caught_up():
+                alerts.extend(self.engine.advance(self.clock() - int(self.cfg.detect.lateness_s * 1000)))
         self._emit(alerts)
         if time.monotonic() - self._last_commit >= self.commit_interval_s:
             self.checkpoint_and_commit()
@@ -211,6 +211,16 @@ class DetectConsumer:
             if new:
                 self.metrics.sink_failures.labels(w.sink.name).inc(new)
                 self._reported_failures[w.sink.name] = w.failures
+
+    def _caught_up(self) -> bool:
+        try:
+            assigned = list(self.consumer.assignment())
+            if not assigned:
+                return False
+            ends = self.consumer.end_offsets(assigned)
+            return all(self.consumer.position(tp) >= ends.get(tp, 0) for tp in assigned)
+        except Exception:  # noqa: BLE001 - unknown lag: do not advance on the wall clock
+            return False
 
     def _process(self, value: bytes | None) -> list:
         try:
