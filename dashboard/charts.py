@@ -121,7 +121,8 @@ def recipients_histogram(df: pd.DataFrame, color: str = PALETTE[0]) -> alt.Chart
         .encode(
             x=alt.X("recipients_per_message:O", title="envelope recipients per message", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("messages:Q", title="messages (square-root scale)", scale=alt.Scale(type="sqrt")),
-            tooltip=[alt.Tooltip("recipients_per_message:O", title="recipients"), alt.Tooltip("messages:Q", format=",")],
+            tooltip=[alt.Tooltip("recipients_per_message:O", title="recipients"),
+                     alt.Tooltip("messages:Q", format=",")],
         )
         .properties(height=HEIGHT)
     )

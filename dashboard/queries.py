@@ -318,15 +318,17 @@ def _shorten(masked: Sequence[str], keep: int = 6) -> str:
 
 
 def exposure_summary(db: Database, incident_id: str) -> dict[str, int]:
-    """Leaking copies, distinct exposed addresses, distinct recipients of leaking copies."""
-    copies, exposed, recipients = db.execute(
-        f"""
-        SELECT count(), uniqExactArray(eh), uniqExactArray(rh)
-        FROM ({_exposures_by_copy()})
+    """Leaking copies and distinct recipients of them. (Distinct exposed addresses are the rows of
+    ``exposure_table``; counting them here too would be a second pass over every pair.)"""
+    copies, recipients = db.execute(
+        """
+        SELECT count(), uniqExactArray(rh)
+        FROM (SELECT event_id, any(recipient_hashes) AS rh FROM {db}.exposures
+              WHERE incident_id = %(id)s GROUP BY event_id)
         """,
         {"id": _uuid(incident_id)},
     )[0]
-    return {"copies": int(copies), "exposed": int(exposed), "recipients": int(recipients)}
+    return {"copies": int(copies), "recipients": int(recipients)}
 
 
 def exposure_counts(db: Database, incident_ids: Iterable[str]) -> dict[str, dict[str, int]]:

@@ -43,17 +43,6 @@ def recent_rate(traffic: pd.DataFrame, now_s: float, window_s: int, column: str 
     return float(recent[column].sum()) / float(window_s)
 
 
-def fill_buckets(traffic: pd.DataFrame, since_s: int, until_s: int, bucket_s: int,
-                 value: str) -> pd.DataFrame:
-    """Wide frame (index time, one column per service) with quiet buckets as zeros, for charts."""
-    start = since_s - since_s % bucket_s
-    index = pd.to_datetime(np.arange(start, until_s, bucket_s), unit="s", utc=True)
-    if traffic.empty:
-        return pd.DataFrame(index=index)
-    wide = traffic.pivot_table(index="time", columns="service", values=value, aggfunc="sum")
-    return wide.reindex(index, fill_value=0).fillna(0)
-
-
 def weighted_quantile(values, weights, q: float) -> float:
     """The smallest value whose cumulative weight reaches ``q`` of the total (exact on a histogram)."""
     v = np.asarray(values, dtype=float)

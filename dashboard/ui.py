@@ -123,7 +123,8 @@ def store_unavailable(error: BaseException) -> None:
     db = st.session_state.pop(_DB, None)
     if isinstance(db, Database):
         db.disconnect()
-    st.error(esc(f"ClickHouse is not answering ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no detail'}). "
+    detail = str(error).splitlines()[0][:200] if str(error) else "no detail"
+    st.error(esc(f"ClickHouse is not answering ({type(error).__name__}: {detail}). "
                  "This page works again as soon as it is back; reload to retry."), icon=":material/cloud_off:")
 
 

@@ -360,3 +360,23 @@ def test_dashboard_verb_serves_the_app_and_creates_the_aggregate(make_cfg, tmp_p
             proc.kill()
         log.close()
     assert proc.returncode is not None
+
+
+def test_action_that_cannot_be_recorded_says_so(env, monkeypatch):
+    """A read-only ClickHouse user (18.16's dashboard reader) cannot append to the audit log: the
+    hold still goes out, and the operator is told it was not recorded."""
+    from clickhouse_driver.errors import ServerException
+
+    from mailaudit.dashboard import queries
+
+    cfg, db, s = env()
+
+    def refuse(*a, **kw):
+        raise ServerException("Cannot execute query in readonly mode", code=164)
+    monkeypatch.setattr(queries, "record_action", refuse)
+    at = run_app("views/incidents.py", incident=s.incident_id)
+    at.button(key="hold").click().run()
+    assert not at.exception
+    assert any("Hold sent" in e.value and "could not be recorded" in e.value for e in at.error)
+    assert [d["action"] for _, d in _control_records(cfg)] == ["hold"]
+    assert db.execute("SELECT count() FROM {db}.audit_log") == [(0,)]

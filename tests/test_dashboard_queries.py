@@ -87,7 +87,7 @@ def test_incident_detail_queries(backend):
     alerts = call("incident_alerts", db, s.incident_id, "newsletter")
     assert list(alerts["status"]) == ["update", "open"]
     assert alerts.iloc[0]["evidence"]["strangers"] == 11
-    assert call("exposure_summary", db, s.incident_id) == {"copies": 3, "exposed": 12, "recipients": 3}
+    assert call("exposure_summary", db, s.incident_id) == {"copies": 3, "recipients": 3}
     assert call("exposure_counts", db, [s.incident_id, s.resolved_incident_id]) == \
         {s.incident_id: {"copies": 3, "exposed": 12}}
     table = call("exposure_table", db, s.incident_id)

@@ -59,6 +59,18 @@ def _scope(inc: dict) -> str | None:
     return inc["campaign"] or inc["template"] or None
 
 
+def _record(actor: str, action: str, target: str, detail: dict) -> bool:
+    """Append to the audit log; on failure (e.g. a read-only ClickHouse user) say so and return False."""
+    try:
+        queries.record_action(ctx.db, actor, action, target, detail)
+        return True
+    except ui.STORE_ERRORS as e:
+        done = st.session_state.pop("incident_flash", None)
+        st.error(ui.esc(f"{done + ' But it' if done else 'It'} could not be recorded in the audit log: "
+                        f"{str(e).splitlines()[0][:200]}"))
+        return False
+
+
 def actions_panel(inc: dict, incident_id: str) -> None:
     service, scope = inc["service"], _scope(inc)
     target = queries.hold_target(service, scope)
@@ -87,10 +99,11 @@ def actions_panel(inc: dict, incident_id: str) -> None:
         b = st.columns(3)
         if b[0].button("Acknowledge", key="ack", icon=":material/done_all:", disabled=not ctx.can_act,
                        width="stretch"):
-            queries.record_action(ctx.db, ctx.actor, "acknowledge", incident_id, {"note": reason})
-            st.session_state["incident_flash"] = "Incident acknowledged."
-            st.rerun()
-        for col, action, icon in ((b[1], "hold", ":material/pause_circle:"), (b[2], "release", ":material/play_circle:")):
+            if _record(ctx.actor, "acknowledge", incident_id, {"note": reason}):
+                st.session_state["incident_flash"] = "Incident acknowledged."
+                st.rerun()
+        for col, action, icon in ((b[1], "hold", ":material/pause_circle:"),
+                                  (b[2], "release", ":material/play_circle:")):
             label = f"{action.capitalize()} {'campaign' if scope else 'service'}"
             if col.button(label, key=action, icon=icon, disabled=not ctx.can_act, width="stretch",
                           type="primary" if action == "hold" else "secondary", help=f"{action} {scope_label}"):
@@ -102,10 +115,9 @@ def actions_panel(inc: dict, incident_id: str) -> None:
                 except Exception as e:  # noqa: BLE001 - shown to the operator, nothing recorded
                     st.error(ui.esc(f"{action} not sent: {e}"))
                 else:
-                    queries.record_action(ctx.db, ctx.actor, action, target,
-                                          {"reason": reason, "incident_id": incident_id})
                     st.session_state["incident_flash"] = f"{action.capitalize()} sent for {scope_label}."
-                    st.rerun()
+                    if _record(ctx.actor, action, target, {"reason": reason, "incident_id": incident_id}):
+                        st.rerun()
 
 
 def _bucket(span_s: int) -> tuple[int, str]:
@@ -164,7 +176,7 @@ def incident_page(incident_id: str) -> None:
     m = st.columns(5)
     m[0].metric("Leaking copies" if inc["category"] == "disclosure" else "Messages",
                 ui.fmt_int(max(summary["copies"], int(inc["copies"]))), border=True)
-    m[1].metric("Exposed addresses", ui.fmt_int(max(summary["exposed"], int(inc["exposed"]))), border=True,
+    m[1].metric("Exposed addresses", ui.fmt_int(max(len(table), int(inc["exposed"]))), border=True,
                 help="distinct addresses shown to people they were not sent to")
     m[2].metric("Seen by", ui.fmt_int(summary["recipients"]), border=True,
                 help="distinct envelope recipients of the leaking copies")
@@ -174,7 +186,7 @@ def incident_page(incident_id: str) -> None:
 
     actions_panel(inc, incident_id)
 
-    tabs = st.tabs(["Timeline", f"Exposure ({ui.fmt_int(summary['exposed'])})", "Headers", "Evidence", "Activity"])
+    tabs = st.tabs(["Timeline", f"Exposure ({ui.fmt_int(len(table))})", "Headers", "Evidence", "Activity"])
     with tabs[0]:
         span = max(60, last_s - first_s)
         pad = max(1800, span // 4)

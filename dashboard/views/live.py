@@ -8,8 +8,8 @@ import streamlit as st
 from mailaudit.dashboard import charts, lag, queries, stats, ui
 
 ctx = ui.context()
-ui.page_header("Live", f"Outbound mail per service and open incidents · refreshes every {ctx.cfg.dashboard.refresh_s} s"
-                       " · UTC")
+ui.page_header("Live", "Outbound mail per service and open incidents · refreshes every "
+                       f"{ctx.cfg.dashboard.refresh_s} s · UTC")
 
 WINDOWS = {"Last hour": (3600, 60, "%H:%M"), "Last 24 hours": (86400, 900, "%H:%M")}
 window = st.segmented_control("Window", list(WINDOWS), default="Last hour", key="live_window",
