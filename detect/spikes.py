@@ -17,6 +17,8 @@ What it models (docs/spike-detector.md has the long version):
   a level shift alerts once and is then the new normal.
 * **How abrupt is it**: the same tail probability for the value minus the mean of the previous
   ``diff_lag`` values. A surge is both rare and abrupt; slow daily growth is neither.
+  Its evidence is weighted by the autocorrelation of those deviations: for independent values
+  (Poisson counts around a rhythm, per-message marks) the deviation *is* the value again.
 * **Is it unusual for this time of day** (only when the series has a clear daily profile): the
   distance to the median of the same time-of-day slot on the last ``season_days`` days (± one slot),
   again as a tail probability of its own history, weighted by how much of the series' variation the
@@ -25,7 +27,9 @@ What it models (docs/spike-detector.md has the long version):
 The evidence is the negative log of the joint probability, minus the log of the number of values seen
 (``strength``, in nats): how surprising the value is *given how many chances there were* to see
 something this extreme. A series with 6000 quiet minutes behind it needs a bigger excess to alert than
-one with 200, which is what keeps long benign histories from paging people.
+one with 200, which is what keeps long benign histories from paging people. While the history is
+younger than ``young_days`` a margin is added (a morning's rise looks like a surge until daily
+cycles have been seen); nothing is scored during the first ``warmup`` updates.
 
 **Alert once**: a spike is reported when its strength exceeds ``alert_strength`` *and* is a new high
 for the current episode (above ``escalation`` x a running peak that decays with a time constant of
@@ -48,7 +52,6 @@ from typing import Any
 __all__ = ["SpikeDetector", "SpikeAlerts", "SpikeResult", "DEFAULTS"]
 
 _EPOCH = _dt.datetime(1970, 1, 1)
-_UTC = _dt.timezone.utc
 _log = math.log
 _exp = math.exp
 _DAY = 86400.0
@@ -255,7 +258,7 @@ class _DailyProfile:
             self.pred[j] = w[m // 2] if m % 2 else 0.5 * (w[m // 2 - 1] + w[m // 2])
         self.pend_t[j] = None
 
-    def residual(self, t: float, x: float) -> tuple[float | None, float | None, int]:
+    def residual(self, t: float, x: float, flush: bool = True) -> tuple[float | None, float | None, int]:
         nb = self.nb
         b = int((t % _DAY) * nb / _DAY)
         if b >= nb:
@@ -267,7 +270,7 @@ class _DailyProfile:
         for j in range(b - self.tol, b + self.tol + 1):
             j %= nb
             pt = pend_t[j]
-            if pt is not None and pt <= old:
+            if flush and pt is not None and pt <= old:
                 self._flush(j)
             pj = pred[j]
             if pj is not None:
@@ -452,7 +455,7 @@ class SpikeDetector:
         learn_daily = None
         daily = self._daily
         if daily is not None:
-            best, expected, b = daily.residual(t, x)
+            best, expected, b = daily.residual(t, x, flush=not peek)
             if n < k2:
                 res = 0.0
             learn_daily = (b, best)
