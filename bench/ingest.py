@@ -136,6 +136,64 @@ def bytes_per_event(cfg: Config) -> float:
     return b / rows if rows else 0.0
 
 
+def bytes_per_event_modern(msgs, hash_key: str) -> float:
+    """The same rows in chdb (ClickHouse 26.x) with the modern DDL: codecs, LowCardinality."""
+    from mailaudit.bench.chdb_client import chdb_database
+
+    db = chdb_database("bench_modern")
+    migrate(db)
+    cfg = Config()
+    cfg.privacy.hash_key = hash_key
+    hasher = AddressHasher(cfg.require_hash_key())
+    for i in range(0, len(msgs), 5000):
+        b = Batch(cfg, hasher, datetime64=True)
+        for j, (key, value) in enumerate(msgs[i:i + 5000]):
+            b.submit("t", 0, i + j, 0, key, value)
+        db.insert("events", b.rows.columns())
+    db.execute("OPTIMIZE TABLE {db}.events FINAL")
+    b, rows = db.execute("SELECT sum(bytes_on_disk), sum(rows) FROM system.parts "
+                         "WHERE database = 'bench_modern' AND table = 'events' AND active")[0]
+    return b / rows if rows else 0.0
+
+
+def scaling(info, msgs, processes: int, batch_size: int) -> float:
+    """events/s of ``processes`` `mailaudit consume` processes sharing 4 partitions (one group)."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from mailaudit import tomlw
+
+    cfg = _bench_cfg(info, uuid.uuid4().hex[:8])
+    cfg.ingest.batch_size = batch_size
+    create_topics(cfg.kafka)
+    db = Database(cfg.clickhouse)
+    migrate(db)
+    _publish(cfg, msgs)
+    path = Path(tempfile.mkdtemp()) / "c.toml"
+    path.write_text(tomlw.dumps(dataclasses.asdict(cfg)))
+    procs = [subprocess.Popen([sys.executable, "-m", "mailaudit", "--config", str(path), "consume", "--log-level", "WARNING"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(processes)]
+    try:
+        t_first = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            n = db.execute("SELECT count() FROM {db}.events")[0][0]
+            if n and t_first is None:
+                t_first = time.monotonic()   # group joined, first batch in: start the clock here
+                n_first = n
+            if n >= len(msgs):
+                break
+            time.sleep(0.05)
+        t_end = time.monotonic()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+    return (len(msgs) - n_first) / (t_end - t_first) if t_first and t_end > t_first else 0.0
+
+
 def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, batch_size: int = 5000) -> dict:
     state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-bench-"))
     stack = LocalStack(state / "stack")
@@ -143,6 +201,8 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
     per_run = []
     try:
         msgs = _events(n, seed=7)
+        scale = {f"{k}_process": statistics.median(scaling(info, msgs, k, batch_size) for _ in range(runs))
+                 for k in (1, 2)}
         for r in range(runs):
             cfg = _bench_cfg(info, uuid.uuid4().hex[:8])
             cfg.ingest.batch_size = batch_size
@@ -162,12 +222,15 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
                 "stored": e2e["stored"],
                 "batch_write_p50_ms": e2e["batch_write_p50_ms"],
                 "batch_write_p99_ms": e2e["batch_write_p99_ms"],
-                "bytes_per_event_on_disk": bytes_per_event(cfg),
+                "bytes_per_event_on_disk_18_16": bytes_per_event(cfg),
             })
     finally:
         stack.down()
     keys = [k for k in per_run[0] if isinstance(per_run[0][k], (int, float))]
     result = {k: statistics.median(r[k] for r in per_run if r[k] is not None) for k in keys}
+    result["bytes_per_event_on_disk_modern_chdb"] = bytes_per_event_modern(msgs, uuid.uuid4().hex)
+    result["scaling_events_per_s"] = scale
+    result["services"] = len({k for k, _ in msgs})
     result.update({"events": len(msgs), "runs": runs, "batch_size": batch_size,
                    "raw_limit_definition": "1/(1/bare_consume + 1/bare_insert), same messages and rows, one process",
                    "per_run": per_run})

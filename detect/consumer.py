@@ -68,7 +68,9 @@ class _Listener(ConsumerRebalanceListener):
         self.owner = owner
 
     def on_partitions_revoked(self, revoked):
-        self.owner.checkpoint_and_commit()
+        # May run on kafka-python's IO thread, where nothing may block: the loop checkpoints and
+        # commits at its next turn; what the next owner re-reads yields the same alert ids.
+        self.owner._revoked = True
 
     def on_partitions_assigned(self, assigned):
         self.owner._on_assigned(assigned)
@@ -105,6 +107,7 @@ class DetectConsumer:
         self._checkpoint_positions: dict[tuple[str, int], int] = {}
         self._last_commit = time.monotonic()
         self._advanced_at = 0.0
+        self._revoked = False
         # Copies that may leak: event_id -> (service, campaign, envelope hashes), to say "to whom".
         self._envelopes: OrderedDict[str, tuple[str, str, list[str]]] = OrderedDict()
         self._load_checkpoint()
@@ -197,7 +200,8 @@ class DetectConsumer:
             if self._caught_up():
                 alerts.extend(self.engine.advance(self.clock() - int(self.cfg.detect.lateness_s * 1000)))
         self._emit(alerts)
-        if time.monotonic() - self._last_commit >= self.commit_interval_s:
+        if self._revoked or time.monotonic() - self._last_commit >= self.commit_interval_s:
+            self._revoked = False
             self.checkpoint_and_commit()
         if time.monotonic() - self._metrics_at > 5.0:
             self._metrics_at = time.monotonic()

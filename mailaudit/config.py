@@ -96,6 +96,9 @@ class ClickHouseConfig:
     ca_certs: str | None = None
     verify: bool = True
     connect_timeout_s: float = 5.0
+    # A server that accepts connections but never answers must not block a write for the driver's
+    # default 300 s (= Kafka's max.poll.interval): the write fails and is retried instead.
+    send_receive_timeout_s: float = 30.0
     # Overrides the URL's password, so the URL (often logged, shown, copied) need not hold a secret.
     password: str | None = field(default=None, metadata={"secret": True})
     certfile: str | None = None           # client certificate (mutual TLS), with keyfile
@@ -118,6 +121,7 @@ class ClickHouseConfig:
             "ca_certs": self.ca_certs,
             "verify": self.verify,
             "connect_timeout": self.connect_timeout_s,
+            "send_receive_timeout": self.send_receive_timeout_s,
             **({"certfile": self.certfile, "keyfile": self.keyfile} if secure and self.certfile else {}),
         }
 
