@@ -29,56 +29,10 @@ from mailaudit.config import RetentionConfig
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.schema import Dialect
 
-TABLE = "events_minutely"
-VIEW = "events_minutely_mv"
-
-# Recipients per message, exact up to 20, then rounded down to 10s, 100s, 1000s: the distribution
-# keeps its shape and a campaign of 12,345-recipient copies does not make one row per value.
-_BUCKET = ("multiIf(env_count <= 20, env_count, env_count <= 100, intDiv(env_count, 10) * 10, "
-           "env_count <= 1000, intDiv(env_count, 100) * 100, intDiv(env_count, 1000) * 1000)")
-
-_SELECT = f"""
-SELECT service, toStartOfMinute(sent_at) AS minute, toUInt32({_BUCKET}) AS rcpt_bucket, {{backfill}} AS backfill,
-       count() AS messages, sum(env_count) AS recipients, sum(strangers > 0) AS leaking
-FROM {{db}}.events
-"""
-
-
-def _table(d: Dialect) -> str:
-    return f"""
-CREATE TABLE IF NOT EXISTS {{db}}.{TABLE} (
-    service {d.lc()},
-    minute DateTime('UTC'),
-    rcpt_bucket UInt32,
-    backfill UInt8,
-    messages UInt64,
-    recipients UInt64,
-    leaking UInt64
-) ENGINE = SummingMergeTree
-PARTITION BY toYYYYMM(minute)
-ORDER BY (service, minute, rcpt_bucket, backfill){d.ttl('minute', d.retention.events_days)}
-"""
-
-
-def _view(d: Dialect) -> str:
-    return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{VIEW} TO {{db}}.{TABLE} AS "
-            f"{_SELECT.replace('{backfill}', '0')}GROUP BY service, minute, rcpt_bucket, backfill")
-
-
-def _backfill(d: Dialect) -> str:
-    return f"""
-INSERT INTO {{db}}.{TABLE} (service, minute, rcpt_bucket, backfill, messages, recipients, leaking)
-{_SELECT.replace('{backfill}', '1')}
-WHERE ingested_at < (SELECT max(metadata_modification_time) FROM system.tables
-                     WHERE database = '{{db}}' AND name = '{VIEW}')
-  AND (SELECT count() FROM {{db}}.{TABLE} WHERE backfill = 1) = 0
-GROUP BY service, minute, rcpt_bucket, backfill
-"""
-
-
-def statements(d: Dialect) -> list[str]:
-    """Migration 3, in order: table, view, backfill of what was there before the view."""
-    return [_table(d), _view(d), _backfill(d)]
+# The DDL is schema migration 3 (ingest/schema.py); the dashboard only checks it is there.
+from mailaudit.ingest.schema import (  # noqa: E402
+    EVENTS_MINUTELY_TABLE as TABLE, EVENTS_MINUTELY_VIEW as VIEW, events_minutely_statements as statements,
+)
 
 
 def exists(db: Database) -> bool:

@@ -218,6 +218,69 @@ ORDER BY version
 """
 
 
+
+# -- migration 3: per-minute traffic aggregate (dashboard baselines) ------------------------------
+# A SummingMergeTree fed by a materialized view: one row per (service, minute, recipients bucket),
+# counts only (no address, no hash). Measured need: the Services page scanned a week of `events` in
+# 1.7-3.9 s at 10M events; from this table it reads in milliseconds (bench/dashboard.py). It counts
+# rows as inserted, so an event redelivered after a consumer crash counts twice here (a handful in
+# millions, below a baseline's noise); exact counts are read from `events`. The backfill copies what
+# was ingested before the view existed, once (rows marked backfill = 1), so every statement is
+# idempotent.
+
+EVENTS_MINUTELY_TABLE = "events_minutely"
+EVENTS_MINUTELY_VIEW = "events_minutely_mv"
+
+# Recipients per message, exact up to 20, then rounded down to 10s, 100s, 1000s: the distribution
+# keeps its shape and a campaign of 12,345-recipient copies does not make one row per value.
+_MINUTELY_BUCKET = ("multiIf(env_count <= 20, env_count, env_count <= 100, intDiv(env_count, 10) * 10, "
+           "env_count <= 1000, intDiv(env_count, 100) * 100, intDiv(env_count, 1000) * 1000)")
+
+_MINUTELY_SELECT = f"""
+SELECT service, toStartOfMinute(sent_at) AS minute, toUInt32({_MINUTELY_BUCKET}) AS rcpt_bucket, {{backfill}} AS backfill,
+       count() AS messages, sum(env_count) AS recipients, sum(strangers > 0) AS leaking
+FROM {{db}}.events
+"""
+
+
+def _minutely_table(d: Dialect) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {{db}}.{EVENTS_MINUTELY_TABLE} (
+    service {d.lc()},
+    minute DateTime('UTC'),
+    rcpt_bucket UInt32,
+    backfill UInt8,
+    messages UInt64,
+    recipients UInt64,
+    leaking UInt64
+) ENGINE = SummingMergeTree
+PARTITION BY toYYYYMM(minute)
+ORDER BY (service, minute, rcpt_bucket, backfill){d.ttl('minute', d.retention.events_days)}
+"""
+
+
+def _minutely_view(d: Dialect) -> str:
+    return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{EVENTS_MINUTELY_VIEW} TO {{db}}.{EVENTS_MINUTELY_TABLE} AS "
+            f"{_MINUTELY_SELECT.replace('{backfill}', '0')}GROUP BY service, minute, rcpt_bucket, backfill")
+
+
+def _minutely_backfill(d: Dialect) -> str:
+    return f"""
+INSERT INTO {{db}}.{EVENTS_MINUTELY_TABLE} (service, minute, rcpt_bucket, backfill, messages, recipients, leaking)
+{_MINUTELY_SELECT.replace('{backfill}', '1')}
+WHERE ingested_at < (SELECT max(metadata_modification_time) FROM system.tables
+                     WHERE database = '{{db}}' AND name = '{EVENTS_MINUTELY_VIEW}')
+  AND (SELECT count() FROM {{db}}.{EVENTS_MINUTELY_TABLE} WHERE backfill = 1) = 0
+GROUP BY service, minute, rcpt_bucket, backfill
+"""
+
+
+def events_minutely_statements(d: Dialect) -> list[str]:
+    """Migration 3, in order: table, view, backfill of what was there before the view."""
+    return [_minutely_table(d), _minutely_view(d), _minutely_backfill(d)]
+
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -228,9 +291,10 @@ class Migration:
 MIGRATIONS: list[Migration] = [
     Migration(1, "events and errors", lambda d: [_events(d), _errors(d)]),
     Migration(2, "alerts, incidents, exposures, audit log", lambda d: [_alerts(d), _incidents(d), _exposures(d), _actions(d)]),
+    Migration(3, "events per minute (dashboard baselines)", events_minutely_statements),
 ]
 
-TABLES = ("events", "errors", "alerts", "incidents", "exposures", "audit_log")
+TABLES = ("events", "errors", "alerts", "incidents", "exposures", "audit_log", "events_minutely")
 
 
 def ddl(caps: Capabilities, retention: RetentionConfig | None = None) -> list[str]:

@@ -334,6 +334,8 @@ def test_dashboard_verb_serves_the_app_and_creates_the_aggregate(make_cfg, tmp_p
     cfg = make_cfg()
     db = Database(cfg.clickhouse)
     migrate(db)
+    db.execute(f"DROP TABLE {{db}}.{aggregates.VIEW}")     # as on a schema from before migration 3
+    db.execute(f"DROP TABLE {{db}}.{aggregates.TABLE}")
     assert not aggregates.exists(db)
     cfg.dashboard.port = free_port()
     path = write_config(cfg, tmp_path / "dash.toml")
