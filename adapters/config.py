@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from mailaudit.config import ConfigError, _coerce
+from mailaudit.config import ConfigError, _apply, _coerce
 
 MONITOR, ENFORCE = "monitor", "enforce"
 MODES = (MONITOR, ENFORCE)
@@ -147,20 +147,6 @@ def load_adapter_config(path: str | os.PathLike | None = None, env: Mapping[str,
             raise ConfigError(f"MAILAUDIT_ADAPT_SECRET_FILE: cannot read {secret_file}: {e.strerror}") from None
     out.milter.validate()
     return out
-
-
-def _apply(obj: Any, data: Mapping[str, Any], where: str) -> None:
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown setting '{key}'")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}: '{key}' must be a table")
-            _apply(current, value, f"{where}.{key}")
-        else:
-            setattr(obj, key, _coerce(value, fields[key].type, f"{where}.{key}"))
 
 
 def _replace(base: Any, override: Mapping[str, Any], where: str) -> Any:

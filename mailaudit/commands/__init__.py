@@ -1,1 +1,18 @@
 """One module per CLI verb: HELP, configure(parser), run(args, cfg) -> exit code."""
+
+import logging
+
+
+def guarded_clickhouse(fn, args, cfg) -> int:
+    """An unreachable or refusing ClickHouse is an operator's problem to fix: one line, no traceback."""
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    from mailaudit.cli import UserError
+
+    # clickhouse-driver logs each failed connect with a traceback; the one line below says it all.
+    logging.getLogger("clickhouse_driver.connection").setLevel(logging.CRITICAL)
+    try:
+        return fn(args, cfg)
+    except (ClickHouseError, OSError, EOFError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"ClickHouse: {first[:300]}") from None

@@ -7,8 +7,9 @@ the output is counts per table. See ingest/erasure.py and docs/security.md.
 
 from __future__ import annotations
 
+from mailaudit.commands import guarded_clickhouse
+
 import json
-import logging
 import sys
 
 HELP = "erase addresses from every table (anonymise or delete), with an audit record"
@@ -81,16 +82,5 @@ def _run(args, cfg) -> int:
     return 0 if (args.dry_run or args.no_verify or res.verified) else 1
 
 
-def _guarded(fn, args, cfg) -> int:
-    """An unreachable or refusing ClickHouse is an operator's problem to fix: one line, no traceback."""
-    from clickhouse_driver.errors import Error as ClickHouseError
+_guarded = guarded_clickhouse
 
-    from mailaudit.cli import UserError
-
-    # clickhouse-driver logs each failed connect with a traceback; the one line below says it all.
-    logging.getLogger("clickhouse_driver.connection").setLevel(logging.CRITICAL)
-    try:
-        return fn(args, cfg)
-    except (ClickHouseError, OSError, EOFError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"ClickHouse: {first[:300]}") from None

@@ -14,9 +14,10 @@ Each step that changes the ring is recorded in ``audit_log`` (key ids only).
 
 from __future__ import annotations
 
+from mailaudit.commands import guarded_clickhouse
+
 import datetime as dt
 import json
-import logging
 import os
 import re
 import secrets
@@ -164,16 +165,5 @@ def _run(args, cfg) -> int:
     return 0
 
 
-def _guarded(fn, args, cfg) -> int:
-    """An unreachable or refusing ClickHouse is an operator's problem to fix: one line, no traceback."""
-    from clickhouse_driver.errors import Error as ClickHouseError
+_guarded = guarded_clickhouse
 
-    from mailaudit.cli import UserError
-
-    # clickhouse-driver logs each failed connect with a traceback; the one line below says it all.
-    logging.getLogger("clickhouse_driver.connection").setLevel(logging.CRITICAL)
-    try:
-        return fn(args, cfg)
-    except (ClickHouseError, OSError, EOFError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"ClickHouse: {first[:300]}") from None
