@@ -193,3 +193,20 @@ def test_stored_columns_give_the_parsed_features_and_cli_trains_on_them(make_cfg
     with pytest.raises(UserError, match="no stored events"):
         args._run(args, cfg)
     db.disconnect()
+
+
+def test_model_path_may_be_a_directory_newest_artefact_per_service(support_model, tmp_path):
+    import os
+
+    from mailaudit.detect.model import load_models
+
+    old = dataclasses.replace(support_model, threshold=0.123)
+    p_old, _ = old.save(tmp_path / "support-1.pkl")
+    p_new, _ = support_model.save(tmp_path / "support-2.pkl")
+    os.utime(p_old, (1_000_000, 1_000_000))
+    billing = dataclasses.replace(support_model, service="billing")
+    billing.save(tmp_path / "billing-1.pkl")
+    models = load_models(tmp_path)
+    assert sorted(models) == ["billing", "support"]
+    assert models["support"].threshold == support_model.threshold
+    assert load_models(p_old)["support"].threshold == 0.123
