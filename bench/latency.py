@@ -73,7 +73,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
     stop = threading.Event()
 
     def watch():
-        c = make_consumer(cfg.kafka, None)
+        c = make_consumer(cfg.kafka, None, fetch_max_wait_ms=20)
         c.assign([TopicPartition(cfg.kafka.topic_alerts, 0)])
         while not stop.is_set():
             for recs in c.poll(timeout_ms=50).values():

@@ -48,6 +48,9 @@ class KafkaConfig:
     session_timeout_ms: int = 10000
     heartbeat_interval_ms: int = 3000
     max_poll_records: int = 5000
+    # How long the broker may hold a fetch of the detection consumer waiting for data: detection
+    # latency is bounded below by it (kafka-python's default is 500 ms).
+    fetch_max_wait_ms: int = 50
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
