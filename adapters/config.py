@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from mailaudit.config import ConfigError, _apply, _coerce
+from mailaudit.config import ConfigError, _apply, _coerce, read_toml
 
 MONITOR, ENFORCE = "monitor", "enforce"
 MODES = (MONITOR, ENFORCE)
@@ -122,12 +121,7 @@ def load_adapter_config(path: str | os.PathLike | None = None, env: Mapping[str,
     path = path or env.get("MAILAUDIT_CONFIG")
     if path:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = tomllib.loads(p.read_text("utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        data = read_toml(p)
         for table in ("milter", "adapt"):
             if table in data:
                 if not isinstance(data[table], Mapping):

@@ -311,6 +311,16 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 ADAPTER_TABLES = ("milter", "adapt")
 
 
+def read_toml(p: Path) -> dict[str, Any]:
+    """The config file as a dict, or one clear ConfigError (missing file, bad TOML)."""
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text("utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+
+
 def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Build the effective config. ``env`` defaults to ``os.environ``; pass a dict in tests."""
     env = os.environ if env is None else env
@@ -318,12 +328,7 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     path = path or env.get("MAILAUDIT_CONFIG")
     if path:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = tomllib.loads(p.read_text("utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        data = read_toml(p)
         # [milter] and [adapt] belong to the mail-path adapters, which read the same file with
         # their own typed loader (mailaudit.adapters.config.load_adapter_config).
         _apply(cfg, {k: v for k, v in data.items() if k not in ADAPTER_TABLES}, str(p))

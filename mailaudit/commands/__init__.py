@@ -16,3 +16,18 @@ def guarded_clickhouse(fn, args, cfg) -> int:
     except (ClickHouseError, OSError, EOFError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"ClickHouse: {first[:300]}") from None
+
+
+def require_topic(cfg, topic: str) -> None:
+    """Fail fast and clearly when the broker or the topic is missing, rather than buffering into the void."""
+    from kafka.errors import KafkaError
+
+    from mailaudit.cli import UserError
+    from mailaudit.ingest.kafka_io import missing_topics
+
+    try:
+        missing = missing_topics(cfg.kafka, [topic])
+    except KafkaError as e:
+        raise UserError(f"cannot reach Kafka at {cfg.kafka.bootstrap} ({e}); is the stack up? (mailaudit stack up)") from None
+    if missing:
+        raise UserError(f"topic {topic} does not exist; run `mailaudit migrate` first")

@@ -7,6 +7,8 @@ line is for its ``service`` field, to use as the message key as a mailer would.
 
 from __future__ import annotations
 
+from mailaudit.commands import require_topic
+
 import json
 import sys
 import threading
@@ -34,15 +36,10 @@ def _key(line: bytes) -> bytes:
 def run(args, cfg) -> int:
     from kafka.errors import KafkaError
 
-    from mailaudit.ingest.kafka_io import make_producer, missing_topics
+    from mailaudit.ingest.kafka_io import make_producer
 
     topic = args.topic or cfg.kafka.topic_events
-    try:
-        missing = missing_topics(cfg.kafka, [topic])
-    except KafkaError as e:
-        raise UserError(f"cannot reach Kafka at {cfg.kafka.bootstrap} ({e}); is the stack up? (mailaudit stack up)") from None
-    if missing:
-        raise UserError(f"topic {topic} does not exist; run `mailaudit migrate` first")
+    require_topic(cfg, topic)
     try:
         src = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
     except OSError as e:

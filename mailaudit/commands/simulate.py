@@ -9,6 +9,8 @@ fixed so that the same seed gives the same file.
 
 from __future__ import annotations
 
+from mailaudit.commands import require_topic
+
 import json
 import sys
 import time
@@ -126,18 +128,7 @@ def _to_jsonl(path: str, events, counts: Counter) -> None:
 
 
 def _check_kafka(args, cfg) -> None:
-    from kafka.errors import KafkaError
-
-    from mailaudit.ingest.kafka_io import missing_topics
-
-    topic = args.topic or cfg.kafka.topic_events
-    # Fail fast and clearly when the broker or the topic is missing, rather than buffering into the void.
-    try:
-        missing = missing_topics(cfg.kafka, [topic])
-    except KafkaError as e:
-        raise UserError(f"cannot reach Kafka at {cfg.kafka.bootstrap} ({e}); is the stack up? (mailaudit stack up)") from None
-    if missing:
-        raise UserError(f"topic {topic} does not exist; run `mailaudit migrate` first")
+    require_topic(cfg, args.topic or cfg.kafka.topic_events)
 
 
 def _to_kafka(args, cfg, sim: Simulator, events, counts: Counter) -> int:
