@@ -8,14 +8,13 @@ report.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from mailaudit.config import ConfigError, _apply, _coerce, read_toml
+from mailaudit.config import ConfigError, _apply, read_toml, replace_fields
 
 MONITOR, ENFORCE = "monitor", "enforce"
 MODES = (MONITOR, ENFORCE)
@@ -68,7 +67,7 @@ class MilterConfig:
             return self.policy
         if not isinstance(override, Mapping):
             raise ConfigError(f"milter.services.{service} must be a table")
-        return _replace(self.policy, override, f"milter.services.{service}")
+        return replace_fields(self.policy, override, f"milter.services.{service}")
 
     def validate(self) -> "MilterConfig":
         _check_policy(self.policy, "milter.policy")
@@ -141,16 +140,6 @@ def load_adapter_config(path: str | os.PathLike | None = None, env: Mapping[str,
             raise ConfigError(f"MAILAUDIT_ADAPT_SECRET_FILE: cannot read {secret_file}: {e.strerror}") from None
     out.milter.validate()
     return out
-
-
-def _replace(base: Any, override: Mapping[str, Any], where: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(base)}
-    values = {}
-    for k, v in override.items():
-        if k not in names:
-            raise ConfigError(f"{where}: unknown setting '{k}'")
-        values[k] = _coerce(v, names[k].type, f"{where}.{k}")
-    return dataclasses.replace(base, **values)
 
 
 def _check_policy(p: ServicePolicy, where: str) -> None:

@@ -218,12 +218,17 @@ def _override(base: Any, override: Mapping[str, Any] | None, service: str, secti
         return base
     if not isinstance(override, Mapping):
         raise ConfigError(f"detect.services.{service}.{section} must be a table")
+    return replace_fields(base, override, f"detect.services.{service}.{section}")
+
+
+def replace_fields(base: Any, override: Mapping[str, Any], where: str) -> Any:
+    """A copy of dataclass ``base`` with ``override``'s settings, each coerced to its field's type."""
     names = {f.name: f for f in dataclasses.fields(base)}
     values = {}
     for k, v in override.items():
         if k not in names:
-            raise ConfigError(f"detect.services.{service}.{section}: unknown setting '{k}'")
-        values[k] = _coerce(v, names[k].type, f"detect.services.{service}.{section}.{k}")
+            raise ConfigError(f"{where}: unknown setting '{k}'")
+        values[k] = _coerce(v, names[k].type, f"{where}.{k}")
     return dataclasses.replace(base, **values)
 
 
