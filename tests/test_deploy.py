@@ -152,7 +152,7 @@ def _container_config(compose, name: str, tmp_path: Path) -> Config:
     env = _env(svc)
     secrets = {
         "hash_key": "k" * 64,
-        "clickhouse_password": "pw-from-secret",
+        **{f"clickhouse_{u}_password": "pw-from-secret" for u in ("admin", "ingest", "detect", "dashboard")},
         "dashboard_operator_password_hash": hash_password("operator password", iterations=1000),
         "dashboard_reader_password_hash": hash_password("reader password", iterations=1000),
     }
@@ -173,13 +173,15 @@ def test_each_container_environment_loads_the_intended_config(compose, name, tmp
     cfg = _container_config(compose, name, tmp_path)
     assert cfg.kafka.bootstrap == "kafka:9092"
     parts = cfg.clickhouse.parts()
-    assert (parts["host"], parts["port"], parts["user"], parts["database"]) == ("clickhouse", 9000, "mailaudit", "mailaudit")
+    # One ClickHouse user per service (least privilege, issue 14): migrate is the admin.
+    user = {"migrate": "mailaudit_admin", "consume": "mailaudit_ingest"}.get(name, f"mailaudit_{name}")
+    assert (parts["host"], parts["port"], parts["user"], parts["database"]) == ("clickhouse", 9000, user, "mailaudit")
     assert parts["password"] == "pw-from-secret"
     assert cfg.require_hash_key() == b"k" * 64
     assert cfg.state_dir == "/var/lib/mailaudit"
     assert cfg.kafka.client_kwargs()["bootstrap_servers"] == ["kafka:9092"]
     ch = compose["services"]["clickhouse"]
-    assert _env(ch)["CLICKHOUSE_USER"] == parts["user"] and _env(ch)["CLICKHOUSE_DB"] == parts["database"]
+    assert _env(ch)["CLICKHOUSE_DB"] == parts["database"]
     if name == "dashboard":
         assert not is_loopback(cfg.dashboard.host)
         assert access_policy(cfg.dashboard).login_required
