@@ -23,9 +23,7 @@ their docstrings).
 
 from __future__ import annotations
 
-import base64
 import heapq
-import pickle
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -42,7 +40,7 @@ from mailaudit.detect.signals import (
 from mailaudit.ingest.parsed import ParsedEvent, parse_event
 from mailaudit.ingest.wire import Event, format_time
 
-STATE_FORMAT = "mailaudit.detect.engine/1"
+STATE_FORMAT = "mailaudit.detect.engine/2"
 _NEVER = -(1 << 62)
 _MAX_REPEAT = 10_000           # (campaign, visible list) pairs remembered per service
 _MAX_SIBLINGS = 200_000        # Message-IDs remembered per service for the group wait
@@ -247,30 +245,48 @@ class DetectionEngine:
         return [i for s in sorted(self.incidents.open) for _, i in sorted(self.incidents.open[s].items())]
 
     def state_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable checkpoint: ``{"format", "stats", "state"}``; ``state`` is a base64 pickle.
+        """A plain-JSON checkpoint (``detect.state`` encoding, no pickle): services, waiting copies,
+        buckets, spike detectors, open incidents, stats.
 
         Holds no raw address (pending copies keep ids, keyed hashes and masked forms; with a hasher the
-        ids are keyed) and no config (``load_state`` re-binds the current rules). Load only checkpoints
-        you wrote: it is a pickle. Pending exposure rows are not included — drain them first.
+        ids are keyed) and no config (``load_state`` re-binds the current rules). Pending exposure rows
+        are not included — drain them first. The address cache is a cache and is not stored.
         """
-        state = {"services": self.services, "incidents": self.incidents.open, "stats": self.stats,
-                 "seq": self._seq}
+        from mailaudit.detect import state as st
+
+        for svc in self.services.values():             # the factory's class is ours, never the state's
+            for det in [svc.volume.det if svc.volume else None, svc.recip,
+                        *(s.det for s in svc.keyed.values())]:
+                if det is not None and getattr(type(det), "__state_name__", None) is None:
+                    st.register(type(det))
         return {
             "format": STATE_FORMAT,
             "stats": dict(self.stats),
-            "state": base64.b64encode(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii"),
+            "seq": self._seq,
+            "services": {name: st.encode(svc) for name, svc in self.services.items()},
+            "incidents": st.encode(self.incidents.open),
         }
 
     def load_state(self, d: dict[str, Any]) -> None:
+        """Replace this engine's state by a ``state_dict()`` (only allow-listed classes are rebuilt)."""
+        from mailaudit.detect import state as st
+
         if d.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a detection engine checkpoint (format {d.get('format')!r})")
-        state = pickle.loads(base64.b64decode(d["state"]))
-        self.services = state["services"]
-        for svc in self.services.values():
+            raise st.StateError(f"not a detection engine checkpoint of format {STATE_FORMAT} "
+                                f"(format {d.get('format')!r}; pickle checkpoints are no longer read)")
+        probe = self.spike_factory()
+        if getattr(type(probe), "__state_name__", None) is None:
+            st.register(type(probe))
+        services = {name: st.decode(v) for name, v in d["services"].items()}
+        incidents = st.decode(d["incidents"])
+        for name, svc in services.items():
+            if not isinstance(svc, _Service) or svc.name != name:
+                raise st.StateError(f"checkpoint service {name!r} is not a service state")
             svc.bind(self.cfg, self.spike_factory)
-        self.incidents.open = state["incidents"]
-        self.stats = state["stats"]
-        self._seq = state["seq"]
+        self.services = services
+        self.incidents.open = incidents
+        self.stats = {k: int(v) for k, v in d.get("stats", {}).items()}
+        self._seq = int(d.get("seq", 0))
 
     # --- time ----------------------------------------------------------------------------------
 
@@ -635,3 +651,17 @@ def _spike_evidence(r) -> dict[str, Any]:
         elif isinstance(v, float):
             ev[name] = round(v, 6) if v == v and abs(v) != float("inf") else None
     return ev
+
+
+def _register_state_classes() -> None:
+    """The classes a checkpoint may rebuild (``detect.state`` refuses every other one)."""
+    from mailaudit.detect import incidents, signals, spikes, state
+
+    state.register(_Service, skip=("rules", "spikes", "bucket_ms", "wait_ms", "keep_ms"))
+    for cls in (_Pending, _Bucket, _Series, _Meta, AddrInfo, signals.Signals, incidents.Incident,
+                incidents.DistinctCounter, spikes.SpikeDetector, spikes.SpikeAlerts, spikes._Tail,
+                spikes._DailyProfile):
+        state.register(cls)
+
+
+_register_state_classes()

@@ -1,0 +1,179 @@
+"""Detection state as versioned, size-limited JSON: never pickle.
+
+A detector replica restores a partition's state from a store other replicas (and whoever can write to
+that ClickHouse table) write to, so loading it must not be able to run code. This module turns the
+engine's state objects into plain JSON values and back, and only ever rebuilds instances of classes
+on an explicit allow-list (``register``): unknown class names are an error, never an import.
+
+Encoding: ``None``/bool/int/float/str and lists stay as they are; other containers are tagged objects
+(``{"$t": [...]}`` tuple, ``"$s"`` set, ``"$f"`` frozenset, ``"$q"`` deque, ``"$b"`` bytes/bytearray,
+``"$o"`` OrderedDict, ``"$d"`` dict with non-string keys); an allowed object is ``{"$c": name, ...}``
+with either its own ``to_state()`` (rebuilt by ``cls.from_state``) or its attributes (slots or
+``__dict__``, minus the ones the class declares derived, which ``load_state`` re-binds from config).
+
+Wire form (``dumps``/``loads``): ``"mailaudit-state/1;z;" + base64(zlib(json))`` or, uncompressed,
+``"mailaudit-state/1;j;" + json``; both directions enforce a size limit (a decompression bomb stops at
+the limit rather than at the memory ceiling).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from collections import OrderedDict, deque
+from typing import Any
+
+WIRE_VERSION = "mailaudit-state/1"
+MAX_BYTES = 64 * 1024 * 1024          # decompressed JSON, per partition checkpoint
+
+
+class StateError(ValueError):
+    """Unreadable, unknown-format or oversized state."""
+
+
+class StateTooLarge(StateError):
+    pass
+
+
+_CLASSES: dict[str, type] = {}
+_SKIP: dict[type, frozenset[str]] = {}
+
+
+def register(cls: type, name: str | None = None, skip: tuple[str, ...] = ()) -> type:
+    """Allow ``cls`` in state (``skip``: attributes rebuilt from config on load, not stored)."""
+    key = name or f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__qualname__}"
+    have = _CLASSES.get(key)
+    if have is not None and have is not cls:
+        raise ValueError(f"state class name {key!r} already registered for {have!r}")
+    _CLASSES[key] = cls
+    _SKIP[cls] = frozenset(skip)
+    cls.__state_name__ = key if "__state_name__" not in cls.__dict__ else cls.__state_name__
+    return cls
+
+
+def _attr_names(obj: Any) -> list[str]:
+    names: list[str] = []
+    for k in type(obj).__mro__:
+        for s in k.__dict__.get("__slots__", ()):
+            if s not in names and s not in ("__dict__", "__weakref__"):
+                names.append(s)
+    if hasattr(obj, "__dict__"):
+        names.extend(n for n in vars(obj) if n not in names)
+    return names
+
+
+def encode(v: Any) -> Any:
+    """A JSON-serialisable value for ``v`` (see the module docstring)."""
+    t = type(v)
+    if v is None or t is bool or t is int or t is float or t is str:
+        return v
+    if t is list:
+        return [encode(x) for x in v]
+    name = t.__dict__.get("__state_name__")
+    if name is not None and _CLASSES.get(name) is t:
+        if hasattr(v, "to_state") and hasattr(t, "from_state"):
+            return {"$c": name, "s": encode(v.to_state())}
+        if isinstance(v, tuple):                       # NamedTuple
+            return {"$c": name, "t": [encode(x) for x in v]}
+        skip = _SKIP.get(t, frozenset())
+        attrs = {}
+        for a in _attr_names(v):
+            if a in skip or not hasattr(v, a):
+                continue
+            attrs[a] = encode(getattr(v, a))
+        return {"$c": name, "a": attrs}
+    if t is tuple:
+        return {"$t": [encode(x) for x in v]}
+    if t is set:
+        return {"$s": [encode(x) for x in v]}
+    if t is frozenset:
+        return {"$f": [encode(x) for x in v]}
+    if t is deque:
+        return {"$q": [encode(x) for x in v], "n": v.maxlen}
+    if t is bytes or t is bytearray:
+        return {"$b": base64.b64encode(bytes(v)).decode("ascii"), "m": t is bytearray}
+    if t is OrderedDict:
+        return {"$o": [[encode(k), encode(x)] for k, x in v.items()]}
+    if t is dict:
+        if all(type(k) is str and not k.startswith("$") for k in v):
+            return {k: encode(x) for k, x in v.items()}
+        return {"$d": [[encode(k), encode(x)] for k, x in v.items()]}
+    raise TypeError(f"cannot store a {t.__module__}.{t.__qualname__} in detection state (not registered)")
+
+
+def decode(v: Any) -> Any:
+    """The inverse of ``encode``; only registered classes are rebuilt."""
+    if type(v) is list:
+        return [decode(x) for x in v]
+    if type(v) is not dict:
+        return v
+    if "$c" in v:
+        cls = _CLASSES.get(v["$c"])
+        if cls is None:
+            raise StateError(f"state names unknown class {v['$c']!r}")
+        if "s" in v:
+            return cls.from_state(decode(v["s"]))
+        if "t" in v:
+            return cls(*[decode(x) for x in v["t"]])
+        obj = cls.__new__(cls)
+        for a, x in v.get("a", {}).items():
+            object.__setattr__(obj, a, decode(x))
+        return obj
+    if "$t" in v:
+        return tuple(decode(x) for x in v["$t"])
+    if "$s" in v:
+        return {_hashable(decode(x)) for x in v["$s"]}
+    if "$f" in v:
+        return frozenset(_hashable(decode(x)) for x in v["$f"])
+    if "$q" in v:
+        return deque((decode(x) for x in v["$q"]), v.get("n"))
+    if "$b" in v:
+        b = base64.b64decode(v["$b"])
+        return bytearray(b) if v.get("m") else b
+    if "$o" in v:
+        return OrderedDict((_hashable(decode(k)), decode(x)) for k, x in v["$o"])
+    if "$d" in v:
+        return {_hashable(decode(k)): decode(x) for k, x in v["$d"]}
+    return {k: decode(x) for k, x in v.items()}
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, list):
+        raise StateError("a list cannot be a set member or a dict key")
+    return v
+
+
+def dumps(doc: Any, compress: bool = True, max_bytes: int = MAX_BYTES) -> str:
+    """``doc`` (already plain JSON values) in the wire form; ``StateTooLarge`` past ``max_bytes``."""
+    raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(raw) > max_bytes:
+        raise StateTooLarge(f"detection state is {len(raw)} bytes, over the {max_bytes}-byte limit")
+    if not compress:
+        return f"{WIRE_VERSION};j;" + raw.decode("utf-8")
+    return f"{WIRE_VERSION};z;" + base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
+
+
+def loads(text: str, max_bytes: int = MAX_BYTES) -> Any:
+    head, sep, body = text.partition(";")
+    if not sep or head != WIRE_VERSION:
+        raise StateError(f"not detection state of a known format (header {head[:40]!r})")
+    kind, sep, body = body.partition(";")
+    if kind == "j":
+        raw = body.encode("utf-8")
+    elif kind == "z":
+        try:
+            d = zlib.decompressobj()
+            raw = d.decompress(base64.b64decode(body, validate=True), max_bytes + 1)
+        except (ValueError, zlib.error) as e:
+            raise StateError(f"corrupt detection state: {e}") from None
+        if not d.eof:
+            raise StateTooLarge(f"detection state is over the {max_bytes}-byte limit")
+    else:
+        raise StateError(f"unknown detection state encoding {kind!r}")
+    if len(raw) > max_bytes:
+        raise StateTooLarge(f"detection state is over the {max_bytes}-byte limit")
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise StateError(f"corrupt detection state: {e}") from None
