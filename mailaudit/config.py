@@ -420,3 +420,58 @@ def _redact(obj: Any) -> Any:
         if u.password:
             return obj.replace(":" + u.password + "@", ":***@", 1)
     return obj
+
+
+# --- Which servers: the configured ones, or the running local stack -----------------------------
+# Any of these says "I configured my servers": then the local stack is never consulted, so a
+# production address is never paired with the local stack's other server or its hash key.
+SERVER_SETTINGS = ("MAILAUDIT_CONFIG", "MAILAUDIT_KAFKA_BOOTSTRAP", "MAILAUDIT_CLICKHOUSE_URL",
+                   "MAILAUDIT_HASH_KEY", "MAILAUDIT_HASH_KEY_FILE")
+
+
+@dataclass
+class ServerChoice:
+    """What ``pick_servers`` chose: ``source`` is ``config``, ``local`` or ``defaults``; ``line`` says
+    it in one sentence for stderr; ``env`` holds the variables a child process needs to make the
+    same choice (set only for the local stack)."""
+
+    source: str
+    line: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def configured_by(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> list[str]:
+    """The settings that name servers or the hash key explicitly (empty: nothing is configured)."""
+    env = os.environ if env is None else env
+    found = [f"--config {path}"] if path else []
+    return found + [v for v in SERVER_SETTINGS if env.get(v)]
+
+
+def pick_servers(cfg: Config, path: str | os.PathLike | None = None,
+                 env: Mapping[str, str] | None = None) -> ServerChoice:
+    """Point ``cfg`` at the running local stack (Kafka, ClickHouse and its hash key, all three) when
+    nothing is configured; otherwise leave it alone. Returns what was chosen."""
+    from mailaudit.stack import LocalStack
+
+    sources = configured_by(path, env)
+    servers = f"kafka {cfg.kafka.bootstrap}, clickhouse {_redact(cfg.clickhouse.url)}"
+    if sources:
+        return ServerChoice("config", f"using the configured servers ({', '.join(sources)}): {servers}")
+    stack = LocalStack(Path(cfg.state_dir) / "stack")
+    info = stack.info()
+    if info is None or not stack.status()["running"]:
+        return ServerChoice("defaults", f"nothing configured and no local stack running in {stack.dir}: "
+                                        f"trying the defaults, {servers} (start one with `mailaudit stack up`)")
+    key_file = stack.dir / "hash_key"
+    cfg.kafka.bootstrap = info.kafka_bootstrap
+    cfg.clickhouse.url = info.clickhouse_url
+    try:
+        cfg.privacy.hash_key = key_file.read_text("utf-8").strip() or None
+    except OSError:
+        cfg.privacy.hash_key = None
+    env_out = {"MAILAUDIT_KAFKA_BOOTSTRAP": info.kafka_bootstrap, "MAILAUDIT_CLICKHOUSE_URL": info.clickhouse_url}
+    if cfg.privacy.hash_key:
+        env_out["MAILAUDIT_HASH_KEY_FILE"] = str(key_file)
+    return ServerChoice("local", f"using the local stack in {stack.dir}: kafka {info.kafka_bootstrap}, clickhouse "
+                                 f"{info.clickhouse_url}, hash key {key_file} (`mailaudit stack env` exports them)",
+                        env_out)

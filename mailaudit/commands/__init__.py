@@ -28,6 +28,7 @@ def require_topic(cfg, topic: str) -> None:
     try:
         missing = missing_topics(cfg.kafka, [topic])
     except KafkaError as e:
-        raise UserError(f"cannot reach Kafka at {cfg.kafka.bootstrap} ({e}); is the stack up? (mailaudit stack up)") from None
+        raise UserError(f"cannot reach Kafka at {cfg.kafka.bootstrap} ({e}); start the local stack "
+                        "(`mailaudit stack up`) or point MAILAUDIT_KAFKA_BOOTSTRAP at a running server") from None
     if missing:
         raise UserError(f"topic {topic} does not exist; run `mailaudit migrate` first")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+LOCAL_STACK = False        # offline: no server (set MAILAUDIT_HASH_KEY_FILE for --exposure-out)
 HELP = "run the detectors offline over wire-format events (FILE.jsonl, '-' for stdin); alerts on stdout"
 
 

@@ -23,7 +23,9 @@ def run(args, cfg) -> int:
 
     if args.hash_password:
         return auth.main()
-    overrides = {}
+    # The Streamlit child loads the config itself: hand it the local stack the CLI picked, if any.
+    choice = getattr(args, "_servers", None)
+    overrides = dict(choice.env) if choice is not None else {}
     if args.host:
         cfg.dashboard.host = args.host
         overrides["MAILAUDIT_DASHBOARD_HOST"] = args.host

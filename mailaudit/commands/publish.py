@@ -49,7 +49,8 @@ def run(args, cfg) -> int:
                                  max_block_ms=int(args.timeout * 1000))
     except KafkaError as e:
         src.close()
-        raise UserError(f"cannot reach Kafka at {cfg.kafka.bootstrap} ({e}); is the stack up? (mailaudit stack up)") from None
+        raise UserError(f"cannot reach Kafka at {cfg.kafka.bootstrap} ({e}); start the local stack "
+                        "(`mailaudit stack up`) or point MAILAUDIT_KAFKA_BOOTSTRAP at a running server") from None
 
     lock = threading.Lock()
     counts = {"ok": 0, "failed": 0}

@@ -9,6 +9,8 @@ baselines have something to show, then live traffic flows with a leak injected a
 from __future__ import annotations
 
 import dataclasses
+import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,32 +18,39 @@ import time
 from pathlib import Path
 
 from mailaudit import tomlw
+from mailaudit.alert_feed import FeedSummary, format_alert
 from mailaudit.cli import UserError
 from mailaudit.stack import LocalStack, StackError
 
 HELP = "the main job: stack up, migrate, consume, detect, simulate and dashboard; Ctrl-C stops all"
+LOCAL_STACK = False        # run always uses the local stack it starts: its servers and its hash key
 
 
 def configure(p):
     p.add_argument("--rate", type=float, default=50.0, help="simulated events/s (default 50)")
     p.add_argument("--history", type=float, default=3600.0, help="seconds of past traffic to load first (default 3600)")
     p.add_argument("--incident", default="concatenated_to", help="incident to inject live ('none' for none)")
-    p.add_argument("--incident-at", type=float, default=180.0, help="seconds after start (default 180)")
+    p.add_argument("--incident-at", type=float, default=180.0,
+                   help="seconds after the live traffic starts (default 180; 0 = at once)")
     p.add_argument("--no-dashboard", action="store_true")
     p.add_argument("--max-seconds", type=float, default=None, help="stop everything after this long (smoke tests)")
 
 
 def run(args, cfg) -> int:
+    from mailaudit.config import configured_by
+
     state = Path(cfg.state_dir)
     stack = LocalStack(state / "stack")
     try:
         info = stack.up()
     except StackError as e:
         raise UserError(str(e)) from None
+    ignored = [v for v in configured_by(None) if v != "MAILAUDIT_CONFIG"]
+    # All of the local stack or none of it: its two servers and the key its data is hashed with, so
+    # that every later verb run from here (which finds the same stack) reads what this run wrote.
     cfg.kafka.bootstrap = info.kafka_bootstrap
     cfg.clickhouse.url = info.clickhouse_url
-    if not cfg.privacy.hash_key:
-        cfg.privacy.hash_key = stack.hash_key()
+    cfg.privacy.hash_key = stack.hash_key()
     cfg_path = state / "run.toml"
     cfg_path.write_text(tomlw.dumps(dataclasses.asdict(cfg)))
     cfg_path.chmod(0o600)                      # it holds the hash key
@@ -49,11 +58,13 @@ def run(args, cfg) -> int:
     def verb(*a: str) -> list[str]:
         return [sys.executable, "-m", "mailaudit", "--config", str(cfg_path), *a]
 
-    print(f"kafka {info.kafka_bootstrap}   clickhouse {info.clickhouse_url}   state {state}")
+    print(f"kafka {info.kafka_bootstrap}   clickhouse {info.clickhouse_url}   state {state}", flush=True)
+    if ignored:
+        print(f"run: the local stack, not {', '.join(ignored)} (set in the environment)", file=sys.stderr)
     if subprocess.call(verb("migrate")) != 0:
         raise UserError("migrate failed (see above)")
     if args.history > 0:
-        print(f"loading {args.history:.0f} s of past traffic ...")
+        print(f"loading {args.history:.0f} s of past traffic ...", flush=True)
         subprocess.call(verb("simulate", "--fast", "--duration", str(args.history), "--rate", str(args.rate),
                              "--seed", "11"))
     logs = state / "logs"
@@ -64,6 +75,8 @@ def run(args, cfg) -> int:
         out = open(logs / f"{name}.log", "ab")
         procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
+    feed = AlertFeed(cfg, None if args.no_dashboard else f"http://{cfg.dashboard.host}:{cfg.dashboard.port}",
+                     _command_prefix(cfg))
     start("consume", verb("consume"))
     start("detect", verb("detect"))
     sim = ["simulate", "--rate", str(args.rate), "--duration", "0", "--seed", "12"]
@@ -74,6 +87,7 @@ def run(args, cfg) -> int:
         start("dashboard", verb("dashboard"))
         print(f"dashboard   http://{cfg.dashboard.host}:{cfg.dashboard.port}")
     print(f"logs        {logs}/   (Ctrl-C stops everything; `mailaudit stack down` stops the servers)")
+    print("incidents appear below as they open and update", flush=True)
 
     stopping = False
 
@@ -90,7 +104,7 @@ def run(args, cfg) -> int:
                 if p.poll() is not None and name != "simulate":
                     print(f"{name} exited with {p.returncode}; see {logs / (name + '.log')}", file=sys.stderr)
                     stopping, rc = True, 1
-            time.sleep(0.5)
+            feed.poll(0.5)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -100,5 +114,62 @@ def run(args, cfg) -> int:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-        print("stopped consume/detect/simulate/dashboard (servers keep running: `mailaudit stack down`)")
+        feed.poll(0.2)                      # what detect published while stopping
+        feed.close()
+        for line in feed.summary.lines(_events_stored(cfg)):
+            print(line)
+        print("stopped consume/detect/simulate/dashboard (servers keep running: `mailaudit stack down`)", flush=True)
     return rc
+
+
+def _command_prefix(cfg) -> str:
+    """What a shell in this directory must add to a verb to find the same stack."""
+    default = Path(".mailaudit")
+    return "" if Path(cfg.state_dir) == default else f"MAILAUDIT_STATE_DIR={shlex.quote(str(cfg.state_dir))} "
+
+
+def _events_stored(cfg) -> int | None:
+    from mailaudit.ingest.clickhouse import Database
+
+    try:
+        db = Database(cfg.clickhouse)
+        try:
+            return int(db.execute("SELECT count() FROM {db}.events FINAL")[0][0])
+        finally:
+            db.disconnect()
+    except Exception:  # noqa: BLE001 - the summary goes on without the figure
+        return None
+
+
+class AlertFeed:
+    """Reads ``mail.alerts`` from its end at start-up (this run's alerts only) and prints each one."""
+
+    def __init__(self, cfg, base_url: str | None, prefix: str):
+        from kafka import TopicPartition
+
+        from mailaudit.ingest.kafka_io import make_consumer
+
+        self.base_url, self.prefix = base_url, prefix
+        self.summary = FeedSummary()
+        self.consumer = make_consumer(cfg.kafka, None)
+        topic = cfg.kafka.topic_alerts
+        parts = self.consumer.partitions_for_topic(topic) or {0}
+        self.consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+        self.consumer.seek_to_end()
+        for tp in self.consumer.assignment():
+            self.consumer.position(tp)      # pin "the end" now, before detect publishes anything
+
+    def poll(self, timeout_s: float) -> None:
+        for records in self.consumer.poll(timeout_ms=int(timeout_s * 1000)).values():
+            for r in records:
+                try:
+                    alert = json.loads(r.value)
+                except ValueError:
+                    continue
+                self.summary.add(alert)
+                stamp = time.strftime("%H:%M:%S")
+                lines = format_alert(alert, self.base_url, self.prefix)
+                print(f"{stamp} {lines[0]}" + "".join(f"\n{' ' * 9}{ln}" for ln in lines[1:]), flush=True)
+
+    def close(self) -> None:
+        self.consumer.close()
