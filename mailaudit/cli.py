@@ -85,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         config_path = getattr(args, "config", None)
         cfg = load_config(config_path)
         # Servers: the configured ones, or the running local stack (all of it); said once, on stderr.
-        # A verb that manages the local stack itself (stack, run) or needs no server says LOCAL_STACK = False.
-        if getattr(sys.modules[args._run.__module__], "LOCAL_STACK", True):
+        # A verb that manages the local stack itself (stack, run) or needs no server says LOCAL_STACK = False
+        # (or a function of its arguments).
+        wants = getattr(sys.modules[args._run.__module__], "LOCAL_STACK", True)
+        if wants(args) if callable(wants) else wants:
             choice = pick_servers(cfg, config_path)
             args._servers = choice
             print(f"mailaudit {args.verb}: {choice.line}", file=sys.stderr)

@@ -6,6 +6,10 @@ import json
 import logging
 import sys
 
+def LOCAL_STACK(args) -> bool:     # noqa: N802 - the CLI's per-verb flag; only these two talk to Kafka
+    return bool(args.publish or args.listen)
+
+
 HELP = "convert Amazon SES / SendGrid events to wire format v1: from a file or stdin, or as an HTTP receiver"
 
 
