@@ -70,3 +70,49 @@ def test_split_procedure_is_stable_under_reordering():
     classes = corpus.load_split()["classes"]
     shuffled = dict(reversed(list(classes.items())))
     assert corpus.make_split(shuffled) == corpus.make_split(classes)
+
+
+# --- bench detection ------------------------------------------------------------------------------
+
+def test_bench_detection_tiny_is_well_formed():
+    from mailaudit.bench.detection import bench_detection
+
+    names = ["concatenated_to_2019", "mail_merge_cc_next_customer", "undisclosed_recipients_group",
+             "reply_all_thread", "announcement_own_list_and_support_cc", "volume_surge_at_night"]
+    r = bench_detection(scale=0.05, patterns=names)
+    assert r["patterns"] == len(names) and r["events"] > 0
+    rows = {p["pattern"]: p for p in r["per_pattern"]}
+    assert set(rows) == set(names)
+    split = corpus.load_split()
+    for n, p in rows.items():
+        assert p["half"] == ("tune" if n in split["tune"] else "test")
+        assert p["class"] == corpus.PATTERNS[n].cls
+        assert isinstance(p["ok"], bool)
+        if p["class"] == "benign":
+            assert p["ok"] == (p["false_alerts"] == 0)
+        else:
+            assert {"caught", "in_time", "delay_s", "history_alerts"} <= set(p)
+            assert not p["in_time"] or p["caught"]
+    # The 2019 concatenated To is caught on its very first copy by the shipped rules.
+    assert rows["concatenated_to_2019"]["in_time"] and rows["concatenated_to_2019"]["on_first_copy"]
+    assert r["halves"]["test"]["label"] == "team-built held-out"
+    for h, t in r["halves"].items():
+        n_leaks = sum(1 for p in rows.values() if p["half"] == h and p["class"] != "benign")
+        assert t["leak_patterns"] == n_leaks
+        assert 0 <= t["leaks_in_time"] <= t["leaks_caught"] <= n_leaks
+        assert t["goal_met"] == (t["leaks_in_time"] == n_leaks and t["benign_alerts"] == 0
+                                 and t["leak_history_alerts"] == 0)
+
+
+def test_bench_detection_cli_json(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mailaudit", "bench", "detection", "--json", "--half", "test",
+                          "--scale", "0.03"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    split = corpus.load_split()
+    assert list(doc["halves"]) == ["test"]
+    assert sorted(p["pattern"] for p in doc["per_pattern"]) == sorted(split["test"])
+    assert doc["halves"]["test"]["label"] == "team-built held-out"

@@ -10,13 +10,13 @@ import time
 
 from mailaudit.cli import UserError
 
-HELP = "benchmarks: ingest, latency, parser, backtest, nab, dashboard, all (--json for machine-readable figures)"
+HELP = "benchmarks: ingest, latency, parser, backtest, nab, dashboard, detection, all (--json for machine-readable figures)"
 
 LOCAL_STACK = False        # each suite starts its own servers
 
-SUITES = ("ingest", "latency", "parser", "backtest", "nab", "dashboard", "milter", "model_eval")
+SUITES = ("ingest", "latency", "parser", "backtest", "nab", "dashboard", "milter", "model_eval", "detection")
 # What `bench all` runs, with arguments that keep the whole suite within ~15 minutes here.
-ALL = {"parser": {}, "backtest": {}, "ingest": {"n": 50_000, "runs": 3}, "latency": {"duration_s": 45.0}, "milter": {"n": 5000}, "nab": {}}
+ALL = {"parser": {}, "backtest": {}, "ingest": {"n": 50_000, "runs": 3}, "latency": {"duration_s": 45.0}, "milter": {"n": 5000}, "nab": {}, "detection": {}}
 
 
 def configure(p):
@@ -25,6 +25,8 @@ def configure(p):
     p.add_argument("--runs", type=int, help="repeat count (medians are reported)")
     p.add_argument("--events", type=int, help="event count, where the suite takes one")
     p.add_argument("--nab", help="NAB directory (default ../shared/nab if present)")
+    p.add_argument("--half", choices=("tune", "test"), help="detection: only this half of the pattern catalogue's split")
+    p.add_argument("--scale", type=float, help="detection: pattern size factor (default 1.0)")
     p.add_argument("--plot", help="latency: write the latency-vs-rate PNG here (default bench/latency.png in a checkout)")
 
 
@@ -34,6 +36,11 @@ def _kwargs(suite: str, args) -> dict:
         kw["runs"] = args.runs
     if args.events:
         kw["n"] = args.events
+    if suite == "detection":
+        if getattr(args, "half", None):
+            kw["half"] = args.half
+        if getattr(args, "scale", None):
+            kw["scale"] = args.scale
     if suite == "latency":
         plot = args.plot or ("bench/latency.png" if os.path.isdir("bench") else None)
         if plot:
