@@ -90,9 +90,13 @@ def updates_per_second(series, runs: int = 3, limit: int | None = None) -> float
 
 
 def bench_nab(nab_dir: str | os.PathLike = "../shared/nab", jobs: int = 2, runs: int = 3,
-              n: int | None = None) -> dict[str, Any]:
+              n: int | None = None, cv: bool = False) -> dict[str, Any]:
     """NAB scores (all profiles) of the detector's score and alert outputs and of the windowed Gaussian,
-    plus updates/s. ``n`` caps the rows per series for the speed measurement (default: all)."""
+    plus updates/s. ``n`` caps the rows per series for the speed measurement (default: all).
+    ``cv``: the cross-validated figures instead (``bench/nab_cv.py``: LOCO and LOFO beside in-sample)."""
+    if cv:
+        from mailaudit.bench.nab_cv import bench_cv
+        return bench_cv(nab_dir, jobs=jobs)
     nab = Path(nab_dir).resolve()
     if not (nab / "score.py").is_file():
         raise FileNotFoundError(f"no NAB scorer at {nab}/score.py")

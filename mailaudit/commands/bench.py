@@ -27,6 +27,8 @@ def configure(p):
     p.add_argument("--nab", help="NAB directory (default ../shared/nab if present)")
     p.add_argument("--half", choices=("tune", "test"), help="detection: only this half of the pattern catalogue's split")
     p.add_argument("--scale", type=float, help="detection: pattern size factor (default 1.0)")
+    p.add_argument("--cv", action="store_true",
+                   help="nab: cross-validated figures (leave one category / one file out, bench/nab_cv.py)")
     p.add_argument("--plot", help="latency: write the latency-vs-rate PNG here (default bench/latency.png in a checkout)")
 
 
@@ -50,6 +52,8 @@ def _kwargs(suite: str, args) -> dict:
         if not nab:
             raise UserError("no NAB directory: pass --nab DIR (the scorer and data from shared/nab)")
         kw["nab_dir"] = nab
+        if getattr(args, "cv", False):
+            kw["cv"] = True
     return kw
 
 
