@@ -1,14 +1,17 @@
 """`mailaudit consume`: Kafka → ClickHouse, at-least-once into an idempotent table.
 
-The loop: poll → ``Batch.submit`` → when the batch is ready (size or age), ``BatchWriter.write`` →
-commit the batch's offsets. Offsets are committed only after the write returned, so a crash at any
-point re-delivers an uncommitted batch and the ReplacingMergeTree collapses the repeats.
+The loop: poll → ``Batch.submit`` → when the batch is ready (size or age), its write
+(``BatchWriter.write``) starts on a background thread while the loop decodes the next batch → once
+that write returned, the batch's offsets are committed. At most one write is in flight: a full next
+batch waits for it, so memory is bounded at two batches (one being written, one being decoded), and
+batches are committed in order. Offsets are committed only after the write returned, so a crash at
+any point re-delivers an uncommitted batch and the ReplacingMergeTree collapses the repeats.
 
 While ClickHouse (or the DLQ topic) is down the write is retried with exponential backoff; the
-assigned partitions are paused meanwhile and ``poll`` keeps the group membership alive, so memory
-stays bounded at one batch and nothing is read that cannot be written. On SIGTERM/Ctrl-C the current
-batch gets one more write attempt; if that fails it is abandoned uncommitted (the next owner of the
-partitions reads it again).
+assigned partitions are paused meanwhile and ``poll`` keeps the group membership alive, so nothing is
+read that cannot be written. On SIGTERM/Ctrl-C the write in flight is awaited and the batch in hand
+gets one more write attempt; if either fails, both are abandoned uncommitted (the next owner of the
+partitions reads them again).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -76,6 +80,9 @@ class IngestConsumer:
         self.batch = self._new_batch()
         self._retrying = False
         self._abandon = False
+        # The write in flight: (batch, future, started). One thread, so writes never overlap each other.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write")
+        self._inflight: tuple[Batch, Future, float] | None = None
 
     def _new_batch(self) -> Batch:
         return Batch(self.cfg, self.hasher, datetime64=self._datetime64)
@@ -109,14 +116,16 @@ class IngestConsumer:
                 if deadline is not None and time.monotonic() > deadline:
                     break
                 self.poll_once()
-            # Finish: one more attempt at the batch in hand, never a commit without a write.
-            if len(self.batch) and not self._abandon:
+            # Finish: await the write in flight, then one more attempt at the batch in hand; never a
+            # commit without a write.
+            if self._settle(block=True, retry=False) and len(self.batch) and not self._abandon:
                 self._flush(retry=False)
         finally:
             self.close()
         return self.stats
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         try:
             self.consumer.close(autocommit=False)
         except Exception:  # noqa: BLE001
@@ -133,30 +142,74 @@ class IngestConsumer:
         records = self.consumer.poll(timeout_ms=timeout_ms, max_records=room)
         if self._abandon:
             self._abandon = False
-            if len(self.batch):
-                self._abandon_batch(self.batch)
+            # Partitions were revoked: the write in flight finishes (its commit keeps only the
+            # partitions still ours); the batch in hand is dropped uncommitted.
+            if self._settle(block=True, retry=False) and len(self.batch):
+                self._abandon_batches([self.batch])
         for recs in records.values():
             if self.stats.first_record_at is None:
                 self.stats.first_record_at = time.monotonic()
             self.batch.submit_many(recs)
             self.stats.consumed += len(recs)
             self.metrics.events_in.inc(len(recs))
-        if self.batch.ready():
-            self._flush(retry=True)
+        self._settle(block=False, retry=True)
+        if self.batch.ready() and self._settle(block=True, retry=True):
+            self._start_write()
         if time.monotonic() - self._lag_at > 5.0:
             self._lag_at = time.monotonic()
             update_lag(self.metrics.lag, self.consumer)
 
+    def _start_write(self) -> None:
+        """Hand the batch in hand to the writer thread and start a new one."""
+        batch, t0 = self.batch, time.monotonic()
+        self._inflight = (batch, self._pool.submit(self._write_and_count, batch, t0), t0)
+        self.batch = self._new_batch()
+
+    def _settle(self, block: bool, retry: bool) -> bool:
+        """Finish the write in flight, if any: commit it when it succeeded; when it failed, retry it
+        here (partitions paused, as ``_flush``) or, without ``retry``, abandon it together with the batch
+        in hand. ``block=False`` only looks. False when the batches were abandoned."""
+        if self._inflight is None:
+            return True
+        batch, fut, t0 = self._inflight
+        if not block and not fut.done():
+            return True
+        try:
+            fut.result()
+            error = None
+        except Exception as e:  # noqa: BLE001 - judged by the retry loop below
+            error = e
+        self._inflight = None
+        if error is not None and not self._write_retrying(batch, t0, retry, error):
+            self._abandon_batches([batch, self.batch])
+            return False
+        self._commit(batch)
+        return True
+
     def _flush(self, retry: bool) -> bool:
+        """Write the batch in hand on this thread (the last one, at shutdown) and commit it."""
         batch = self.batch
         t0 = time.monotonic()
-        delay = self.cfg.ingest.retry_initial_s
         self._abandon = False
+        if not self._write_retrying(batch, t0, retry):
+            self._abandon_batches([batch])
+            return False
+        self._commit(batch)
+        self.batch = self._new_batch()
+        return True
+
+    def _write_retrying(self, batch: Batch, t0: float, retry: bool, error: Exception | None = None) -> bool:
+        """Write ``batch`` until it succeeds (``error``: the first attempt already failed so). False when
+        it must be abandoned: no ``retry``, stopping, or partitions revoked meanwhile."""
+        delay = self.cfg.ingest.retry_initial_s
         paused = False
         try:
             while True:
                 try:
-                    self.writer.write(batch)
+                    if error is not None:
+                        e, error = error, None
+                        raise e
+                    self._write_and_count(batch, t0)
                     break
                 except Exception as e:  # noqa: BLE001 - any write failure is retried, never fatal
                     self.stats.write_failures += 1
@@ -165,7 +218,7 @@ class IngestConsumer:
                                 len(batch), type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", delay)
                     self.db.disconnect()
                     if not retry or self.stop_event.is_set() or self._abandon:
-                        self._abandon_batch(batch)
+                        self._abandon = False
                         return False
                     if not paused:
                         assigned = self.consumer.assignment()
@@ -174,7 +227,7 @@ class IngestConsumer:
                         paused = True
                     self._sleep_polling(delay)
                     if self._abandon:
-                        self._abandon_batch(batch)
+                        self._abandon = False
                         return False
                     delay = min(delay * 2, self.cfg.ingest.retry_max_s)
         finally:
@@ -182,7 +235,12 @@ class IngestConsumer:
                 assigned = self.consumer.assignment()
                 if assigned:
                     self.consumer.resume(*assigned)
-        self._commit(batch)
+        return True
+
+    def _write_and_count(self, batch: Batch, t0: float) -> None:
+        """Write the batch (on the writer thread, or on the loop's when retrying) and count it as
+        written; its offsets are committed afterwards, by the loop."""
+        self.writer.write(batch)
         self.stats.inserted += len(batch.rows)
         self.stats.rejected += len(batch.rejected)
         self.stats.batches += 1
@@ -195,18 +253,20 @@ class IngestConsumer:
         m.batch_size.observe(len(batch))
         if len(self.stats.batch_seconds) > 1000:
             del self.stats.batch_seconds[:500]
-        self.batch = self._new_batch()
-        return True
 
-    def _abandon_batch(self, batch: Batch) -> None:
-        """Drop an unwritten batch without committing it. Partitions we still own are rewound to the
-        batch's first offsets, since our fetch position is already past those records."""
-        log.warning("abandoning uncommitted batch of %d records (they will be read again)", len(batch))
+    def _abandon_batches(self, batches: list[Batch]) -> None:
+        """Drop unwritten batches without committing them. Partitions we still own are rewound to the
+        earliest first offset among them, since our fetch position is already past those records."""
+        log.warning("abandoning %d uncommitted records (they will be read again)", sum(len(b) for b in batches))
+        first: dict[tuple[str, int], int] = {}
+        for b in batches:
+            for tp, off in b.first_offsets.items():
+                first[tp] = min(off, first.get(tp, off))
         assigned = self.consumer.assignment()
-        for (t, p), first in batch.first_offsets.items():
+        for (t, p), off in first.items():
             tp = TopicPartition(t, p)
             if tp in assigned:
-                self.consumer.seek(tp, first)
+                self.consumer.seek(tp, off)
         self.batch = self._new_batch()
 
     def _sleep_polling(self, seconds: float) -> None:
@@ -248,5 +308,5 @@ class IngestConsumer:
         block (no write, no commit), so it only marks the batch in hand: the loop abandons it
         uncommitted and the partitions' next owner reads those records again (ReplacingMergeTree
         collapses any repeat)."""
-        if len(self.batch):
+        if len(self.batch) or self._inflight is not None:
             self._abandon = True
