@@ -91,3 +91,35 @@ def make_cfg(stack, local_stack):
         return cfg
 
     yield factory
+
+
+# --- marker guard ----------------------------------------------------------------------------------
+# `make test-fast` ("no servers") deselects by marker; a test that reaches the session servers without
+# the marker would start them there. Any test whose fixture closure holds one of these fails instead.
+SERVER_FIXTURES = frozenset({"stack", "local_stack", "make_cfg"})
+
+
+def unmarked_server_tests(items) -> dict:
+    """{item: server fixtures it uses} for every item using a server fixture without ``servers``."""
+    out = {}
+    for item in items:
+        uses = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if uses and item.get_closest_marker("servers") is None:
+            out[item] = sorted(uses)
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    for item, uses in unmarked_server_tests(items).items():
+        item.stash[_UNMARKED] = uses
+
+
+_UNMARKED = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    uses = item.stash.get(_UNMARKED, None)
+    if uses:
+        pytest.fail(f"{item.nodeid} uses the session servers ({', '.join(uses)}) but is not marked "
+                    "@pytest.mark.servers", pytrace=False)

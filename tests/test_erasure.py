@@ -191,6 +191,7 @@ def test_forget_leaves_no_trace_in_any_column_of_any_table(any_db):
                 if r[0].startswith("forget_work_")]
 
 
+@pytest.mark.servers
 def test_someone_sharing_the_mask_keeps_their_array_entries(make_cfg):
     """Positional erasure: the neighbour's identical mask next to the person stays in the arrays;
     in free text (alert samples) a mask cannot be attributed, so every occurrence goes."""
@@ -227,6 +228,7 @@ def test_forget_delete_mode_removes_exactly_the_rows_holding_the_hash(any_db):
     assert _count(db, "SELECT count() FROM {db}.exposures") == 1
 
 
+@pytest.mark.servers
 def test_forget_dry_run_changes_nothing_and_records_nothing(make_cfg):
     db = _db_18(make_cfg)
     ring, privacy = _ring(old=False)
@@ -251,6 +253,7 @@ def test_text_pattern_matches_whole_addresses_only():
     assert not rx.search("john@x.community")
 
 
+@pytest.mark.servers
 def test_forget_cli_reads_a_file_and_never_prints_the_address(make_cfg, tmp_path):
     import subprocess
     import sys

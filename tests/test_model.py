@@ -147,6 +147,7 @@ def test_anomaly_alert_shape_and_privacy(support_model):
 
 # --- against ClickHouse ----------------------------------------------------------------------------
 
+@pytest.mark.servers
 def test_stored_columns_give_the_parsed_features_and_cli_trains_on_them(make_cfg, tmp_path):
     from mailaudit.detect.model_store import history_window, read_features
     from mailaudit.ingest.batch import Batch

@@ -133,6 +133,7 @@ def _check(db, times):
     assert _counts(db) == want
 
 
+@pytest.mark.servers
 def test_retention_on_18_16_removes_exactly_the_expired_data(server_db):
     _, db = server_db
     assert not db.capabilities.ttl
@@ -157,6 +158,7 @@ def test_partition_end():
     assert partition_end("tuple()", "month") is None and partition_end("2026", "day") is None
 
 
+@pytest.mark.servers
 def test_days_zero_keeps_a_table_forever(server_db):
     _, db = server_db
     times = populate(db)
@@ -166,6 +168,7 @@ def test_days_zero_keeps_a_table_forever(server_db):
     assert _counts(db)["errors"] == len(times["long"])
 
 
+@pytest.mark.servers
 def test_retention_cli_drops_old_data_and_records_it(server_db, tmp_path):
     cfg, db = server_db
     now = dt.datetime.now(UTC)

@@ -23,6 +23,7 @@ def test_capabilities_follow_the_version():
     assert "LowCardinality" not in "".join(ddl(old))
 
 
+@pytest.mark.servers
 def test_migrate_on_the_18_16_server_is_idempotent(make_cfg):
     cfg = make_cfg()
     db = Database(cfg.clickhouse)

@@ -23,7 +23,6 @@ from mailaudit.ingest.rows import EventRows
 from mailaudit.ingest.schema import migrate
 from mailaudit.stack import LocalStack
 
-pytestmark = pytest.mark.servers
 
 DB = "mailaudit_g"
 USERS = ("mailaudit_ingest", "mailaudit_detect", "mailaudit_dashboard", "mailaudit_operator", "mailaudit_admin")
@@ -72,6 +71,7 @@ def _event_columns():
     return rows.columns()
 
 
+@pytest.mark.servers
 def test_18_16_users_can_do_their_job_and_no_more(server, tmp_path):
     ingest = _as(server, "mailaudit_ingest", tmp_path)
     assert ingest.insert("events", _event_columns()) == 1

@@ -59,6 +59,7 @@ def test_key_ring_parsing_and_guards():
     assert "topsecret" not in str(e.value)
 
 
+@pytest.mark.servers
 def test_rotation_procedure_end_to_end(make_cfg, tmp_path):
     cfg = make_cfg()
     cfg.privacy.hash_key_id = "k1"

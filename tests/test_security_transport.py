@@ -31,7 +31,6 @@ from mailaudit.ingest.schema import migrate
 from mailaudit.ingest.topics import create_topics
 from mailaudit.stack import LocalStack, make_tls_material, stop_process, tansu_binary
 
-pytestmark = pytest.mark.servers
 
 USERS = {"mailaudit-ingest": "pw-" + secrets.token_hex(8), "mailaudit-mailer": "pw-" + secrets.token_hex(8)}
 
@@ -161,6 +160,7 @@ def test_secrets_come_from_env_or_files_and_config_show_redacts_them(tmp_path):
 
 # --- Kafka ------------------------------------------------------------------------------------------
 
+@pytest.mark.servers
 @pytest.mark.parametrize("mech", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 def test_sasl_reaches_every_client_and_a_wrong_password_is_refused(broker_behind, mech):
     proxy = broker_behind(users=USERS)
@@ -182,6 +182,7 @@ def test_sasl_reaches_every_client_and_a_wrong_password_is_refused(broker_behind
     assert proxy.refused_unauthenticated >= 1
 
 
+@pytest.mark.servers
 def test_kafka_debug_log_never_shows_the_sasl_password(broker_behind):
     """kafka-python logs its whole configuration at DEBUG; the password must not be in it."""
     proxy = broker_behind(users=USERS)
@@ -206,6 +207,7 @@ def test_kafka_debug_log_never_shows_the_sasl_password(broker_behind):
     assert USERS["mailaudit-ingest"] not in text              # ...without the password
 
 
+@pytest.mark.servers
 def test_ssl_with_a_client_certificate(broker_behind, tls):
     proxy = broker_behind(ssl_context=server_ssl_context(tls["cert"], tls["key"], client_ca=tls["ca"]))
     good = KafkaConfig(bootstrap=f"localhost:{proxy.port}", security_protocol="SSL", ssl_cafile=tls["ca"],
@@ -224,6 +226,7 @@ def test_ssl_with_a_client_certificate(broker_behind, tls):
 
 # --- ClickHouse --------------------------------------------------------------------------------------
 
+@pytest.mark.servers
 def test_clickhouse_tls_is_verified_against_the_configured_ca(tls_clickhouse, tls):
     good = ClickHouseConfig(url=tls_clickhouse.clickhouse_secure_url, ca_certs=tls_clickhouse.ca_file)
     db = Database(good)
@@ -238,6 +241,7 @@ def test_clickhouse_tls_is_verified_against_the_configured_ca(tls_clickhouse, tl
             Database(bad).execute("SELECT 1")
 
 
+@pytest.mark.servers
 def test_pipeline_end_to_end_over_sasl_ssl_and_clickhouse_tls(make_cfg, broker_behind, tls, tls_clickhouse):
     """Publisher → (SASL_SSL, SCRAM-SHA-512) → consumer group → DLQ producer → ClickHouse over TLS."""
     proxy = broker_behind(users=USERS, ssl_context=server_ssl_context(tls["cert"], tls["key"]))
