@@ -5,12 +5,15 @@ events as the ingest group, runs the pure ``DetectionEngine`` on event time, and
 produces (alerts, exposure rows, hold commands) to a local outbox that sink workers deliver to
 ClickHouse, ``mail.alerts`` and the webhook at their own pace.
 
-Restart without an alert flood: every ``commit_interval_s`` (10 s: alerts never wait for it, it only
-bounds how much is re-read after a crash, and pickling the state costs ~0.1-0.4 s) the engine state and the read positions
-are checkpointed together (atomically, in the state dir) and then the offsets are committed. On start
-the checkpoint is loaded and each partition it knows is re-read from the checkpoint position, so the
-state matches the input exactly; alert ids are deterministic, so the few alerts that may be produced
-twice around a crash carry the same ids and collapse in the sinks.
+Replicas and restarts (one consumer group, any number of ``detect`` processes): state is per partition
+(``detect.partitions``: one engine per partition; a service lives on one partition). Every
+``commit_interval_s`` (10 s: alerts never wait for it, it only bounds how much is re-read after a crash)
+each partition's engine state, read position and not-yet-delivered outbox records are checkpointed
+together into ClickHouse (``detect.checkpoints``, versioned non-pickle state; a local copy too), then the
+offsets are committed. A replica that is assigned a partition pauses it, restores the furthest
+checkpoint, re-queues the handed-over outbox records, seeks to the checkpoint's position and only then
+resumes it; a revoked partition's state is dropped. Alert ids are deterministic, so what is produced
+twice around a crash or a rebalance carries the same ids and collapses in the sinks.
 
 Live sources: once a second, when the consumer is caught up, the engine's watermark is advanced to
 ``now - lateness`` for every service, so a quiet service still closes its windows and resolves its
@@ -33,9 +36,11 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from mailaudit.config import Config
+from mailaudit.detect.checkpoints import Checkpoint, CheckpointStore
 from mailaudit.detect.containment import ContainmentPolicy
 from mailaudit.detect.engine import DetectionEngine
 from mailaudit.detect.outbox import Outbox
+from mailaudit.detect.partitions import PartitionedEngine
 from mailaudit.detect.sinks import ClickHouseSink, KafkaSink, SinkWorker, WebhookSink
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
@@ -67,10 +72,10 @@ class _Listener(ConsumerRebalanceListener):
     def __init__(self, owner: "DetectConsumer"):
         self.owner = owner
 
+    # Both run on kafka-python's IO thread, where nothing may block: they only note the change (and
+    # pause what must be restored first); the poll loop does the work at its next turn.
     def on_partitions_revoked(self, revoked):
-        # May run on kafka-python's IO thread, where nothing may block: the loop checkpoints and
-        # commits at its next turn; what the next owner re-reads yields the same alert ids.
-        self.owner._revoked = True
+        self.owner._on_revoked(revoked)
 
     def on_partitions_assigned(self, assigned):
         self.owner._on_assigned(assigned)
@@ -86,7 +91,8 @@ class DetectConsumer:
         self._reported_failures: dict[str, int] = {}
         self.clock = clock
         self.hasher = AddressHasher(cfg.require_hash_key(), cfg.privacy.hash_key_id)
-        self.engine = DetectionEngine(cfg.detect, clock=clock, hasher=self.hasher)
+        DetectionEngine(cfg.detect, clock=clock, hasher=self.hasher)   # config errors at start, not on assignment
+        self.engine = PartitionedEngine(lambda: DetectionEngine(cfg.detect, clock=clock, hasher=self.hasher))
         self.policy = ContainmentPolicy(cfg.detect.containment)
         group = cfg.kafka.detect_group
         base = Path(cfg.detect.checkpoint_dir) if cfg.detect.checkpoint_dir else Path(cfg.state_dir) / "detect"
@@ -103,60 +109,130 @@ class DetectConsumer:
         self.stop_event = stop_event or threading.Event()
         self.commit_interval_s = commit_interval_s
         self.stats = DetectStats()
+        self.store = CheckpointStore(self.db, group, self.dir)
         self._positions: dict[tuple[str, int], int] = {}
         self._checkpoint_positions: dict[tuple[str, int], int] = {}
+        self._dirty: set[tuple[str, int]] = set()         # emitted records since its last checkpoint
         self._last_commit = time.monotonic()
         self._advanced_at = 0.0
-        self._revoked = False
+        self._rebalance_lock = threading.Lock()
+        self._to_restore: set[tuple[str, int]] = set()
+        self._revoked_tps: set[tuple[str, int]] = set()
+        self.restored: dict[tuple[str, int], int] = {}    # partition -> position restored at (tests, logs)
         # Copies that may leak: event_id -> (service, campaign, envelope hashes), to say "to whom".
         self._envelopes: OrderedDict[str, tuple[str, str, list[str]]] = OrderedDict()
-        self._load_checkpoint()
 
-    # -- checkpoint ------------------------------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.dir / "checkpoint.json"
-
-    def _load_checkpoint(self) -> None:
-        try:
-            doc = json.loads(self.checkpoint_path.read_text())
-        except (OSError, ValueError):
-            return
-        try:
-            self.engine.load_state(doc["engine"])
-        except Exception as e:  # noqa: BLE001 - a bad checkpoint means a cold start, not a crash
-            log.warning("ignoring unreadable checkpoint %s: %s", self.checkpoint_path, e)
-            return
-        self._checkpoint_positions = {(t, int(p)): o for t, p, o in doc.get("positions", [])}
-        self._positions = dict(self._checkpoint_positions)
-        log.info("resumed from checkpoint at %s", sorted(self._checkpoint_positions.items()))
+    # -- checkpoint and rebalance ---------------------------------------------------------------
+    def _on_revoked(self, revoked) -> None:
+        with self._rebalance_lock:
+            self._revoked_tps.update((tp.topic, tp.partition) for tp in revoked)
 
     def _on_assigned(self, assigned) -> None:
-        for tp in assigned:
-            pos = self._checkpoint_positions.get((tp.topic, tp.partition))
-            if pos is not None:
-                self.consumer.seek(tp, pos)
+        assigned = list(assigned)
+        if assigned:
+            self.consumer.pause(*assigned)              # nothing is read before its state is restored
+        with self._rebalance_lock:
+            self._to_restore.update((tp.topic, tp.partition) for tp in assigned)
+
+    def _rebalance(self) -> None:
+        """Apply what the listener noted: drop revoked partitions, restore newly assigned ones."""
+        with self._rebalance_lock:
+            revoked, self._revoked_tps = self._revoked_tps, set()
+            restore, self._to_restore = self._to_restore, set()
+        for key in revoked - restore:
+            self.engine.drop(key)
+            self._positions.pop(key, None)
+            self._checkpoint_positions.pop(key, None)
+            self._dirty.discard(key)
+        for key in sorted(restore):
+            self._restore(key, kept=key in self.engine.engines and key in revoked)
+
+    def _restore(self, key: tuple[str, int], kept: bool) -> None:
+        tp = TopicPartition(*key)
+        cp, _ = self.store.load(*key)
+        ours = self._positions.get(key) if kept else None
+        if ours is not None and (cp is None or cp.position <= ours):
+            # An eager rebalance revoked and gave back a partition we never lost: keep the live state,
+            # but the fetcher restarts from the committed offset, so seek back to where we are.
+            self.consumer.seek(tp, ours)
+        elif cp is not None:
+            try:
+                self.engine.load(key, cp.state)
+            except Exception as e:  # noqa: BLE001 - a bad checkpoint means a cold partition, not a crash
+                log.error("partition %s/%d: unusable checkpoint (%s); replaying it from the start", *key, e)
+                self._cold(key, tp)
+            else:
+                if cp.outbox:
+                    self.outbox.append(cp.outbox)   # the previous owner's undelivered records (ids dedupe)
+                self._positions[key] = self._checkpoint_positions[key] = cp.position
+                self.consumer.seek(tp, cp.position)
+                self.restored[key] = cp.position
+                log.info("partition %s/%d: restored state at position %d (%d handed-over records, by %s)",
+                         key[0], key[1], cp.position, len(cp.outbox), cp.writer)
+        else:
+            self._cold(key, tp)
+        self.consumer.resume(tp)
+
+    def _cold(self, key: tuple[str, int], tp: TopicPartition) -> None:
+        # No checkpoint: the state must match the input, so read the partition from its start.
+        self.engine.drop(key)
+        self._positions.pop(key, None)
+        self._checkpoint_positions.pop(key, None)
+        self.consumer.seek_to_beginning(tp)
+        self.restored[key] = -1
+
+    def _undelivered(self) -> dict[tuple[str, int], list[dict]]:
+        """Outbox records some sink has not delivered yet, by partition (they go into the checkpoint)."""
+        by_rec: dict[str, tuple[dict, list[str]]] = {}
+        for w in self.workers:
+            pos = self.outbox.cursor(w.sink.name)
+            while True:
+                recs, nxt = self.outbox.read(pos, 5000)
+                for r in recs:
+                    if "p" not in r or w.sink.name not in r.get("only", (w.sink.name,)):
+                        continue
+                    k = json.dumps(r, sort_keys=True)
+                    entry = by_rec.get(k)
+                    if entry is None:
+                        by_rec[k] = (r, [w.sink.name])
+                    else:
+                        entry[1].append(w.sink.name)
+                if not recs or nxt == pos:
+                    break
+                pos = nxt
+        out: dict[tuple[str, int], list[dict]] = {}
+        for r, sinks in by_rec.values():
+            r = dict(r, only=sorted(sinks))
+            out.setdefault((r["p"][0], int(r["p"][1])), []).append(r)
+        return out
 
     def checkpoint_and_commit(self) -> None:
-        """Engine state + positions to disk (atomically), then the same positions to Kafka."""
-        if not self._positions:
+        """Each changed partition's state + position + undelivered records to the store, then Kafka."""
+        self._last_commit = time.monotonic()
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        with self._rebalance_lock:
+            pending = self._to_restore | self._revoked_tps
+        todo = [k for k, pos in sorted(self._positions.items())
+                if k in assigned and k not in pending
+                and (pos != self._checkpoint_positions.get(k) or k in self._dirty)]
+        if not todo:
             return
-        doc = {"engine": self.engine.state_dict(),
-               "positions": [[t, p, o] for (t, p), o in sorted(self._positions.items())]}
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.checkpoint_path)
-        self._checkpoint_positions = dict(self._positions)
-        assigned = self.consumer.assignment()
-        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in self._positions.items()
-                   if TopicPartition(t, p) in assigned}
+        undelivered = self._undelivered()
+        cps = [Checkpoint(k[0], k[1], self._positions[k], self.engine.state_dict(k), undelivered.get(k, []))
+               for k in todo]
+        saved, shared = self.store.save(cps)
+        if shared:                              # else: written locally only, ClickHouse is retried next time
+            for cp in saved:
+                key = (cp.topic, cp.partition)
+                self._checkpoint_positions[key] = cp.position
+                self._dirty.discard(key)
+        offsets = {TopicPartition(cp.topic, cp.partition): OffsetAndMetadata(cp.position, "", -1) for cp in saved}
         if offsets:
             try:
                 self.consumer.commit(offsets)
                 self.stats.commits += 1
             except Exception as e:  # noqa: BLE001 - the checkpoint holds the truth; retry next time
                 log.warning("offset commit failed: %s", e)
-        self._last_commit = time.monotonic()
 
     # -- run -------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -184,10 +260,15 @@ class DetectConsumer:
 
     def poll_once(self, timeout_ms: int = 100) -> None:
         max_records = self.cfg.kafka.max_poll_records
+        if self._to_restore or self._revoked_tps:
+            self._rebalance()
         records = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         alerts = []
         n = 0
         for tp, recs in records.items():
+            if (tp.topic, tp.partition) in self._to_restore:
+                continue                         # assigned during this poll: restored first, re-read after
+            self.engine.select((tp.topic, tp.partition))
             for r in recs:
                 alerts.extend(self._process(r.value))
             n += len(recs)
@@ -200,8 +281,9 @@ class DetectConsumer:
             if self._caught_up():
                 alerts.extend(self.engine.advance(self.clock() - int(self.cfg.detect.lateness_s * 1000)))
         self._emit(alerts)
-        if self._revoked or time.monotonic() - self._last_commit >= self.commit_interval_s:
-            self._revoked = False
+        if self._to_restore or self._revoked_tps:
+            self._rebalance()
+        if time.monotonic() - self._last_commit >= self.commit_interval_s:
             self.checkpoint_and_commit()
         if time.monotonic() - self._metrics_at > 5.0:
             self._metrics_at = time.monotonic()
@@ -247,7 +329,10 @@ class DetectConsumer:
         out = []
         for a in alerts:
             control = self.policy.apply(a)
-            out.append({"type": "alert", "alert": a.to_dict()})
+            tp = self.engine.partition_of(a.service)
+            out.append({"type": "alert", "alert": a.to_dict(), "p": tp})
+            if control:
+                control["p"] = tp
             self.metrics.alerts.labels(a.kind, a.severity, a.status).inc()
             if control:
                 out.append(control)
@@ -256,6 +341,9 @@ class DetectConsumer:
         self.stats.alerts += len(alerts)
         out.extend(self._exposure_records())
         if out:
+            for r in out:
+                if r.get("p") is not None:
+                    self._dirty.add(tuple(r["p"]))
             self.outbox.append(out)
 
     def _exposure_records(self) -> list[dict]:
@@ -277,7 +365,8 @@ class DetectConsumer:
             rec["exposed_masked"].append(r.address_masked)
             rec["exposed_domains"].append(r.domain)
         self.stats.exposure_rows += len(rows)
-        return [{"type": "exposure", "row": rec} for rec in by_copy.values()]
+        return [{"type": "exposure", "row": rec, "p": self.engine.partition_of(rec["service"])}
+                for rec in by_copy.values()]
 
     def drain_sinks(self, timeout: float = 30.0) -> bool:
         return all(w.drain(timeout) for w in self.workers)

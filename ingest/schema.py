@@ -281,6 +281,29 @@ def events_minutely_statements(d: Dialect) -> list[str]:
 
 
 
+# -- migration 4: detector checkpoints (scale-out, issue 17) ----------------------------------------
+# One row per (consumer group, topic, partition) and checkpoint: the partition's detection state in
+# the versioned non-pickle form of detect/state.py, the read position it matches, and the records
+# not yet delivered by every sink (handed to whichever replica takes the partition over). Latest
+# version (= read position) wins; readers use FINAL.
+
+def _detect_checkpoints(d: Dialect) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {{db}}.detect_checkpoints (
+    group_id String,
+    topic String,
+    partition UInt32,
+    version UInt64,
+    position Int64,
+    written_at DateTime('UTC'),
+    writer String,
+    state String,
+    outbox String
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY (group_id, topic, partition)
+"""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -292,9 +315,10 @@ MIGRATIONS: list[Migration] = [
     Migration(1, "events and errors", lambda d: [_events(d), _errors(d)]),
     Migration(2, "alerts, incidents, exposures, audit log", lambda d: [_alerts(d), _incidents(d), _exposures(d), _actions(d)]),
     Migration(3, "events per minute (dashboard baselines)", events_minutely_statements),
+    Migration(4, "detector checkpoints per partition (replicas)", lambda d: [_detect_checkpoints(d)]),
 ]
 
-TABLES = ("events", "errors", "alerts", "incidents", "exposures", "audit_log", "events_minutely")
+TABLES = ("events", "errors", "alerts", "incidents", "exposures", "audit_log", "events_minutely", "detect_checkpoints")
 
 
 def ddl(caps: Capabilities, retention: RetentionConfig | None = None) -> list[str]:
