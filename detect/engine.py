@@ -33,6 +33,7 @@ from mailaudit.detect.alerts import DISCLOSURE, SPIKE, Alert
 from mailaudit.detect.exposure import AddressBook, AddrInfo, ExposureRow, exposed_in_copy, exposure_rows, \
     fingerprint_ids
 from mailaudit.detect.incidents import Incident, IncidentTracker
+from mailaudit.detect.novelty import RecipientNovelty
 from mailaudit.detect.signals import (
     BCC_HEADER, CONCATENATED_TO, FIRE, RUN_TOGETHER, VISIBLE_DISCLOSURE, WAIT, Signals, disclosed_addresses,
     disclosure_signals, trivially_benign,
@@ -145,6 +146,8 @@ class _Service:
                 self.volume = _Series("", spike_factory())
             if self.recip is None:
                 self.recip = spike_factory()
+            if getattr(self, "novelty", None) is None:     # (checkpoints from before it existed)
+                self.novelty = RecipientNovelty()
 
 
 class DetectionEngine:
@@ -435,9 +438,24 @@ class DetectionEngine:
                     svc.keyed.move_to_end(scope)
                 self._count(svc, series, start, e)
         n = len(set(ps.envelope)) if len(ps.envelope) > 1 else len(ps.envelope)
+        self._novelty(svc, e, n, out)
         b = svc.volume.buckets.get(start)
         if b is not None and (n > b.rmax or n == b.rmax and (t, e.event_id) < (b.rmax_ms, b.rmax_id)):
             b.rmax, b.rmax_ms, b.rmax_id, b.rmax_campaign, b.rmax_template = n, t, e.event_id, e.campaign, e.template
+
+    def _novelty(self, svc: _Service, e: Event, n: int, out: list[Alert]) -> None:
+        """An order-of-magnitude jump in recipients per message against the service's whole history
+        (detect/novelty.py): decided on the message itself, no warm-up, no waiting for its bucket."""
+        nov = svc.novelty.update(e.sent_at_ms / 1000.0, n)
+        rules = svc.spikes
+        if not nov.novel or n < rules.min_recipients:
+            return
+        ev = {"source": "novelty", "recipients": n, "reference": nov.reference, "ratio": round(nov.ratio, 3),
+              "history": nov.history, "factor": svc.novelty.factor, "min_recipients": rules.min_recipients}
+        meta = _Meta(e.event_id, e.sent_at_ms, svc.name, e.campaign, e.template, "")
+        self._fire_spike(svc, "recipient_spike", "", meta, 1, ev,
+                         f"{svc.name}: one message went to {n} envelope recipients, over "
+                         f"{int(nov.ratio)}x the largest this service usually sends ({nov.reference:g}).", out)
 
     def _count(self, svc: _Service, series: _Series, start: int, e: Event) -> None:
         if series.closed_until_ms is not None and start < series.closed_until_ms:
