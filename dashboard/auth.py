@@ -2,9 +2,14 @@
 
 The dashboard shows where mail went; on a shared host that is sensitive, so it refuses to listen on
 anything but loopback without a password, and it separates looking (reader) from acting (operator:
-acknowledge, hold, release). Passwords are never stored, only their hashes in the config
+acknowledge, hold, release). "Listens on" is decided from the address the server really binds
+(Streamlit's ``server.address``, empty = every interface), not only from ``dashboard.host``: a bare
+``streamlit run app.py`` binds every interface whatever the config says. A request that came through
+a reverse proxy (forwarding headers) is remote even though it reaches a loopback socket. An anonymous
+session (loopback, no password configured, no proxy) is a *reader*: acting needs the operator
+password. Passwords are never stored, only their hashes in the config
 (``pbkdf2_sha256$iterations$salt$hash`` preferred; a bare sha256 hex digest is accepted for
-simple setups), and compared in constant time.
+simple setups, see docs/security.md §7 for that residual risk), and compared in constant time.
 
 Pure: no Streamlit here, so the policy is unit-tested without a browser.
 """
@@ -25,6 +30,8 @@ OPERATOR = "operator"
 
 PBKDF2_PREFIX = "pbkdf2_sha256"
 DEFAULT_ITERATIONS = 310_000
+# Request headers a reverse proxy adds: their presence means the client is not on this machine.
+PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host")
 
 
 class AuthConfigError(ValueError):
@@ -80,26 +87,64 @@ class AccessPolicy:
     anonymous_role: str | None
 
 
-def access_policy(dcfg: DashboardConfig) -> AccessPolicy:
-    """Decide, from the config alone, whether a login is needed; raise if the setup is unsafe.
+_FROM_CONFIG = object()
 
-    Configured passwords are always enforced (also on loopback: the operator asked for them). On a
-    non-loopback bind at least one password hash is mandatory.
+
+def access_policy(dcfg: DashboardConfig, server_address: object = _FROM_CONFIG,
+                  proxied: bool = False) -> AccessPolicy:
+    """Decide whether a login is needed; raise if the setup is unsafe.
+
+    ``server_address`` is the address the server actually binds (Streamlit's ``server.address``;
+    None or "" = every interface); left out (the CLI's check before it starts Streamlit with
+    ``--server.address dashboard.host``), ``dashboard.host`` is that address. Either one off
+    loopback makes the dashboard exposed. ``proxied``: the request carries a reverse proxy's
+    forwarding headers, so its client is remote whatever socket it came in on.
+
+    Configured passwords are always enforced (also on loopback: the operator asked for them). An
+    exposed or proxied dashboard requires at least one password hash. Anonymous is a reader.
     """
     has_any = bool(dcfg.reader_password_hash or dcfg.operator_password_hash)
+    bind = dcfg.host if server_address is _FROM_CONFIG else (server_address or "")
     for name in ("reader_password_hash", "operator_password_hash"):
         value = getattr(dcfg, name)
         if value and not _well_formed(value):
             raise AuthConfigError(
                 f"dashboard.{name} is not a pbkdf2_sha256$iterations$salt$hash string or a sha256 hex digest")
+    hint = ("set dashboard.operator_password_hash and/or dashboard.reader_password_hash "
+            "(mailaudit dashboard --hash-password prints one)")
     if not is_loopback(dcfg.host) and not has_any:
-        raise AuthConfigError(
-            f"dashboard.host is {dcfg.host!r} (not loopback) but no password hash is configured: set "
-            "dashboard.operator_password_hash and/or dashboard.reader_password_hash "
-            "(python -m mailaudit.dashboard.auth prints one)")
+        raise AuthConfigError(f"dashboard.host is {dcfg.host!r} (not loopback) but no password hash is "
+                              f"configured: {hint}")
+    if not is_loopback(str(bind)) and not has_any:
+        where = repr(bind) if bind else "every interface (server.address unset)"
+        raise AuthConfigError(f"the server listens on {where}, not loopback, but no password hash is "
+                              f"configured: {hint}; or start it with `mailaudit dashboard`")
+    if proxied and not has_any:
+        raise AuthConfigError(f"this request came through a reverse proxy (forwarding headers), so its "
+                              f"client is remote, but no password hash is configured: {hint}")
     if has_any:
         return AccessPolicy(login_required=True, anonymous_role=None)
-    return AccessPolicy(login_required=False, anonymous_role=OPERATOR)
+    return AccessPolicy(login_required=False, anonymous_role=READER)
+
+
+def is_proxied(headers) -> bool:
+    """True when a reverse proxy's forwarding headers are present (``headers``: any mapping)."""
+    try:
+        names = {str(k).lower() for k in (headers or {}).keys()}
+    except Exception:  # noqa: BLE001 - unknown shape: assume the worst
+        return True
+    return any(h in names for h in PROXY_HEADERS)
+
+
+class NotAuthorized(PermissionError):
+    """An action was attempted by a session whose role may not act."""
+
+
+def require_operator(role: str | None) -> None:
+    """Every action handler calls this itself: a widget's ``disabled=`` is a display hint, which not
+    every Streamlit version enforces on the server."""
+    if not can_act(role):
+        raise NotAuthorized(f"this action needs the operator role (session role: {role or 'none'})")
 
 
 def login(dcfg: DashboardConfig, password: str) -> str | None:

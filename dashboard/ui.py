@@ -89,7 +89,9 @@ def bootstrap() -> Context | None:
             st.stop()
     cfg: Config = st.session_state[_CFG]
     try:
-        policy = auth.access_policy(cfg.dashboard)
+        # The address Streamlit really binds, and whether this request came through a proxy (issue 14).
+        policy = auth.access_policy(cfg.dashboard, server_address=st.get_option("server.address"),
+                                    proxied=auth.is_proxied(_request_headers()))
     except auth.AuthConfigError as e:
         st.error(f"The dashboard refuses to serve: {e}")
         st.stop()
@@ -99,6 +101,24 @@ def bootstrap() -> Context | None:
     if _ROLE not in st.session_state:
         return None
     return context()
+
+
+def _request_headers() -> dict:
+    try:
+        return dict(st.context.headers)
+    except Exception:  # noqa: BLE001 - no request (bare mode): no proxy headers
+        return {}
+
+
+def require_operator() -> bool:
+    """Re-check the session's role inside an action handler (never trust ``disabled=`` alone); say
+    why and return False when it may not act."""
+    try:
+        auth.require_operator(st.session_state.get(_ROLE))
+        return True
+    except auth.NotAuthorized as e:
+        st.error(str(e))
+        return False
 
 
 def context() -> Context:

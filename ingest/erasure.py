@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from mailaudit.ingest.clickhouse import Database, ident
 from mailaudit.ingest.keys import KeyRing
-from mailaudit.ingest.privacy import mask_address, normalise_address
+from mailaudit.ingest.privacy import mask_address, normalise_address, redact_text
 
 ERASED = "[erased]"
 TOMBSTONE_PREFIX = "erased:"
@@ -279,7 +279,7 @@ def forget(db: Database, ring: KeyRing, addresses: list[str], *, actor: str | No
         if not keep_work:
             work.drop()
     if not dry_run:
-        record_audit(db, actor or default_actor(), "forget", reason, {
+        record_audit(db, actor or default_actor(), "forget", erase_from_text(reason, addrs), {
             "addresses": result.addresses, "key_ids": result.key_ids, "mode": mode,
             "erase_domains": erase_domains, "rows": result.rows, "verified": result.verified})
     return result
@@ -344,10 +344,25 @@ def default_actor() -> str:
         return "cli:unknown"
 
 
+def erase_from_text(text: str, addrs: list[str]) -> str:
+    """An operator's free text (``--reason "DSR for jane@x.com"``) without the erased addresses (not
+    even masked: the audit row must not point at the person) and with any other address masked."""
+    text = text or ""
+    for a in sorted(addrs, key=len, reverse=True):
+        text = re.sub(re.escape(a), "[erased]", text, flags=re.I)
+    return clean_free_text(text)
+
+
+def clean_free_text(text: str, limit: int = 500) -> str:
+    """Free text bound for the keep-forever audit_log: addresses masked, one line, bounded."""
+    return " ".join(redact_text(text or "").split())[:limit]
+
+
 def record_audit(db: Database, actor: str, action: str, target: str, detail: dict) -> None:
-    """One append-only audit row; callers pass counts and ids, never an address, hash or mask."""
+    """One append-only audit row; callers pass counts and ids, never an address, hash or mask. The
+    target may be an operator's free text: it is cleaned here (issue 14, finding 8)."""
     db.insert("audit_log", {"at": [dt.datetime.now(dt.timezone.utc).replace(microsecond=0)], "actor": [actor],
-                            "action": [action], "target": [target],
+                            "action": [action], "target": [clean_free_text(target)],
                             "detail": [json.dumps(detail, sort_keys=True, ensure_ascii=False)]})
 
 

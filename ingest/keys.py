@@ -44,7 +44,15 @@ def parse_old_keys(value: str | None) -> list[tuple[str, str]]:
         key_id, sep, secret = item.partition(":")
         if not sep or not secret.strip():
             raise ConfigError(f"privacy.old_hash_keys entry {i} must be 'key_id:secret'")
-        out.append((check_key_id(key_id.strip()), secret.strip()))
+        # Never echo the entry: a secret typed without its id (or with a ':' in it) would be the
+        # "key id" shown in the error, on the CLI and on the Search page (issue 14, finding 10).
+        if not _KEY_ID.match(key_id.strip()):
+            raise ConfigError(f"privacy.old_hash_keys entry {i} has no valid key id before its ':' "
+                              "(1-32 characters of A-Z a-z 0-9 _ . -); the entry is not shown, it holds a secret")
+        if len(key_id.strip()) >= 16 and all(c in "0123456789abcdefABCDEF" for c in key_id.strip()):
+            raise ConfigError(f"privacy.old_hash_keys entry {i}: its key id looks like a secret (long hex); "
+                              "write 'key_id:secret' with a short id such as k1")
+        out.append((key_id.strip(), secret.strip()))
     return out
 
 

@@ -157,8 +157,11 @@ class AddressHasher:
 # --------------------------------------------------------------------------------------------------
 # Redaction of free text
 
-# An '@' as written in raw text: escaped in JSON, URLs or HTML it is still an '@' to a reader.
-_ESCAPED_AT_RX = re.compile(r"\\u0040|%40|&#0*64;|&#x0*40;", re.I)
+# An '@' as written in raw text: escaped in JSON, URLs or HTML, RFC 2047 Q-encoded (``=40`` between
+# address characters), full-width or small (U+FF20, U+FE6B), or spaced out (``a @ b``), it is still an
+# '@' to a reader. Over-masking some text ("x=40px") is the cheap side of that trade.
+_ESCAPED_AT_RX = re.compile(r"\\u0040|%40|&#0*64;|&#x0*40;|(?<=[\w.+-])=40(?=[\w-])|\uff20|\ufe6b"
+                            r"|(?<=\w)[ \t]+@[ \t]+(?=\w)", re.I)
 # Characters that can belong to an address as it appears in running text; everything else delimits.
 _PART_CHARS = r"[^\s@<>()\[\],;:\"'`\\]"
 # A chain starts at a quoted local part ("john doe"@x.com) or where a run of part characters starts
@@ -195,4 +198,85 @@ def redact_text(text: str) -> str:
         text = _ESCAPED_AT_RX.sub("@", text)
         return _printable(_CHAIN_RX.sub(lambda m: _redact_chain(m.group()), text))
     except Exception:  # noqa: BLE001 - redaction must never be the reason an error row is lost
+        return "[redaction failed]"
+
+
+# --------------------------------------------------------------------------------------------------
+# Structure-only redaction (excerpts of malformed events)
+
+# A JSON string literal, possibly cut off at the end of the text (a truncated record).
+_STRING_RX = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.S)
+# A bare token of non-JSON text: anything but structure and blanks.
+_BARE_RX = re.compile(r'[^\s\[\]{}:,"]+')
+_NUMBER_RX = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\Z")
+_SAFE_KEY_RX = re.compile(r"[A-Za-z0-9_.\-]{1,40}\Z")
+_ADDRESSY_RX = re.compile(r'[^\s<>(),;"\\]*@[^\s<>(),;"\\]*')
+# Wire fields whose values are identifiers, never personal text: kept (addresses in them masked).
+SAFE_VALUE_KEYS = frozenset({"v", "event_id", "sent_at", "service", "campaign", "template", "size_bytes",
+                             "message_id"})
+ELIDED = "\u2026"
+
+
+def _masked_addresses(text: str) -> str:
+    text = _ESCAPED_AT_RX.sub("@", text)
+    found = [redact_text(m.group()) for m in _ADDRESSY_RX.finditer(text) if len(m.group()) > 1]
+    return ", ".join(found) if found else ELIDED
+
+
+def redact_structure(text: str) -> str:
+    """Keep a malformed record's shape, drop its words: the excerpt an operator needs to see *why* a
+    record was rejected (field names, types, numbers, nesting) without any subject, display name or
+    local part. JSON keys stay when they are identifiers; string values become their masked addresses
+    (or an ellipsis), except for the identifier fields of the wire format; bare non-JSON text is
+    reduced the same way. Runs on text that may be cut anywhere, so an address cut before its '@'
+    is elided, never shown."""
+    try:
+        if not isinstance(text, str):
+            text = text.decode("utf-8", "replace") if isinstance(text, (bytes, bytearray)) else str(text)
+        out: list[str] = []
+        pos, n, last_key = 0, len(text), None
+        while pos < n:
+            m = _STRING_RX.match(text, pos) if text[pos] == '"' else None
+            if m:
+                body = m.group()[1:-1] if m.group().endswith('"') and len(m.group()) > 1 else m.group()[1:]
+                rest = text[m.end():m.end() + 40].lstrip()
+                if rest.startswith(":"):                         # a key
+                    last_key = body if _SAFE_KEY_RX.match(body) else None
+                    out.append(f'"{body}"' if last_key else f'"{ELIDED}"')
+                else:
+                    if last_key in SAFE_VALUE_KEYS and len(body) <= 100:
+                        out.append('"' + redact_text(body) + '"')
+                    else:
+                        out.append('"' + _masked_addresses(body) + '"')
+                    last_key = None
+                pos = m.end()
+                continue
+            m = _BARE_RX.match(text, pos)
+            if m:
+                tok = m.group()
+                if tok in ("true", "false", "null") or _NUMBER_RX.match(tok):
+                    out.append(tok)
+                else:
+                    out.append(_masked_addresses(tok))
+                pos = m.end()
+                continue
+            out.append(text[pos])
+            pos += 1
+        return _printable("".join(out))
+    except Exception:  # noqa: BLE001 - redaction must never be the reason an error row is lost
+        return "[redaction failed]"
+
+
+_QUOTED_RX = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+
+
+def redact_detail(text: str) -> str:
+    """A rejection's human detail quotes the offending value (``got '... HIV test results'``): every
+    quoted value longer than a punctuation mark keeps only its masked addresses; the rest of the
+    sentence is ours and stays."""
+    try:
+        text = redact_text(text)
+        return _QUOTED_RX.sub(lambda m: m.group() if len(m.group()) <= 5 else
+                              m.group()[0] + _masked_addresses(m.group()[1:-1]) + m.group()[0], text)
+    except Exception:  # noqa: BLE001
         return "[redaction failed]"

@@ -69,6 +69,7 @@ from typing import Any, Callable, Iterable
 from mailaudit.config import KafkaConfig
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
 from mailaudit.ingest.wire import Event, format_time, parse_time
+from mailaudit.ingest.privacy import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +448,9 @@ def control_record(action: str, service: str, campaign: str | None = None, reaso
         raise ValueError("action must be 'hold' or 'release'")
     if not service:
         raise ValueError("service is required")
+    # The reason is free text (an operator's note): addresses masked, line breaks flattened, before it
+    # reaches the topic, the milter's SMTP reply and the audit log (issue 14, finding 8).
+    reason = " ".join(redact_text(reason or "").split())[:500]
     doc: dict[str, Any] = {"v": 1, "action": action, "service": service, "campaign": campaign or None,
                            "reason": reason, "at": format_time(int(time.time() * 1000) if at_ms is None else at_ms)}
     if by:

@@ -44,7 +44,7 @@ def test_policy_refuses_an_exposed_dashboard_without_password():
     exposed = auth.access_policy(DashboardConfig(host="0.0.0.0", reader_password_hash=auth.hash_password("r" * 10)))
     assert exposed.login_required and exposed.anonymous_role is None
     local = auth.access_policy(DashboardConfig(host="127.0.0.1"))
-    assert not local.login_required and local.anonymous_role == auth.OPERATOR
+    assert not local.login_required and local.anonymous_role == auth.READER    # issue 14: never operator
     # passwords configured on loopback are still enforced
     assert auth.access_policy(DashboardConfig(operator_password_hash=auth.hash_password("o" * 10))).login_required
 

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from mailaudit.dashboard import charts, queries, ui
+from mailaudit.ingest.privacy import redact_text
 
 ctx = ui.context()
 
@@ -97,9 +98,12 @@ def actions_panel(inc: dict, incident_id: str) -> None:
         reason = st.text_input("Note / reason", key="action_reason", disabled=not ctx.can_act,
                                placeholder="what you saw, what you did (goes to the audit log)")
         b = st.columns(3)
+        # Free text an operator typed goes to the keep-forever audit_log and to mail.control: addresses
+        # in it are masked first (issue 14, finding 8).
+        reason = redact_text(reason or "")
         if b[0].button("Acknowledge", key="ack", icon=":material/done_all:", disabled=not ctx.can_act,
                        width="stretch"):
-            if _record(ctx.actor, "acknowledge", incident_id, {"note": reason}):
+            if ui.require_operator() and _record(ctx.actor, "acknowledge", incident_id, {"note": reason}):
                 st.session_state["incident_flash"] = "Incident acknowledged."
                 st.rerun()
         for col, action, icon in ((b[1], "hold", ":material/pause_circle:"),
@@ -107,6 +111,8 @@ def actions_panel(inc: dict, incident_id: str) -> None:
             label = f"{action.capitalize()} {'campaign' if scope else 'service'}"
             if col.button(label, key=action, icon=icon, disabled=not ctx.can_act, width="stretch",
                           type="primary" if action == "hold" else "secondary", help=f"{action} {scope_label}"):
+                if not ui.require_operator():      # disabled= is a hint; the handler decides (finding 5)
+                    return
                 from mailaudit.ingest.publisher import send_control
 
                 try:

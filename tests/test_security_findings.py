@@ -1,0 +1,65 @@
+"""Issue 14: regression tests of the smaller findings (10, 8, low: config show, control reasons)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mailaudit.commands.config_cmd import redact_webhook_url
+from mailaudit.config import ConfigError, PrivacyConfig
+from mailaudit.ingest.erasure import clean_free_text, erase_from_text
+from mailaudit.ingest.keys import KeyRing, parse_old_keys
+from mailaudit.ingest.publisher import control_record, parse_control
+
+SECRET = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+
+
+@pytest.mark.parametrize("value", [
+    SECRET,                          # the id forgotten
+    f"k1={SECRET}:x",                # a typo before the ':'
+    f"{SECRET}:{SECRET}",            # the secret where the id belongs
+    f"k1:{SECRET},{SECRET}",         # second entry without id
+    f"k 1:{SECRET}",
+])
+def test_malformed_old_hash_keys_never_echo_the_secret(value):
+    with pytest.raises(ConfigError) as e:
+        parse_old_keys(value)
+    assert SECRET not in str(e.value) and "entry" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        KeyRing.from_config(PrivacyConfig(hash_key="current-key", old_hash_keys=value))
+    assert SECRET not in str(e.value)
+
+
+def test_search_page_error_does_not_echo_the_secret():
+    from mailaudit.dashboard import lookup
+    with pytest.raises(Exception) as e:
+        lookup.address_hashes(PrivacyConfig(hash_key="k", old_hash_keys=f"k1={SECRET}:x"), "a@b.example")
+    assert SECRET not in str(e.value)
+
+
+def test_config_show_hides_the_webhook_url(tmp_path):
+    assert redact_webhook_url("https://hooks.slack.com/services/T000/B000/XXXXSECRET") == "https://hooks.slack.com/***"
+    env = {"MAILAUDIT_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/XXXXSECRET",
+           "MAILAUDIT_HASH_KEY": SECRET, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "mailaudit", "config", "show", "--json"], env=env,
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "XXXXSECRET" not in out.stdout and SECRET not in out.stdout
+    assert json.loads(out.stdout)["webhook"]["url"] == "https://hooks.slack.com/***"
+
+
+def test_forget_reason_loses_the_erased_address_and_masks_others():
+    text = erase_from_text("DSR-42: erase Jane.Canary@Clinic.example\nalso bob.quux@x.org", ["jane.canary@clinic.example"])
+    assert text == "DSR-42: erase [erased] also b***@x.org"
+    assert clean_free_text("a\r\nBcc: x@y.org " + "z" * 900).startswith("a Bcc: ***@y.org")
+    assert len(clean_free_text("z" * 900)) == 500
+
+
+def test_control_reason_is_redacted_and_one_line():
+    _, value = control_record("hold", "news", "c1", "jane.canary@clinic.example wrote\r\n550 fake reply")
+    cmd = parse_control(value)
+    assert cmd.reason == "j***@clinic.example wrote 550 fake reply"
+    assert "\r" not in cmd.reason and "\n" not in cmd.reason
