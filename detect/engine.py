@@ -34,6 +34,8 @@ from mailaudit.detect.exposure import AddressBook, AddrInfo, ExposureRow, expose
     fingerprint_ids
 from mailaudit.detect.incidents import Incident, IncidentTracker
 from mailaudit.detect.novelty import RecipientNovelty
+from mailaudit.detect.org import OrgModel, is_consumer, org_domain
+from mailaudit.detect.slips import SlipTracker
 from mailaudit.detect.signals import (
     BCC_HEADER, CONCATENATED_TO, FIRE, RUN_TOGETHER, VISIBLE_DISCLOSURE, WAIT, Signals, disclosed_addresses,
     disclosure_signals, trivially_benign,
@@ -47,6 +49,8 @@ _MAX_REPEAT = 10_000           # (campaign, visible list) pairs remembered per s
 _MAX_SIBLINGS = 200_000        # Message-IDs remembered per service for the group wait
 _FP_CACHE = 10_000             # visible lists remembered per incident for exposed counting
 _FULL = "full"
+_ORG = "\x00org"               # incident cache key: ids of the organisation's own addresses exposed
+_MAX_ORG_EXPOSED = 1000
 
 
 def _default_spike_factory():
@@ -86,6 +90,9 @@ class _Pending:
     disclosed: tuple[AddrInfo, ...]
     envelope_ids: frozenset[int]
     fingerprint: str | None
+    org_ids: frozenset[int] = frozenset()   # visible addresses on the organisation's side when it waited
+    own_only: bool = False           # every stranger is at the service's own domain: maybe a role address
+    extended: bool = False           # already given the longer wait for role learning
 
     def __lt__(self, other: "_Pending") -> bool:
         return (self.deadline_ms, self.seq) < (other.deadline_ms, other.seq)
@@ -132,6 +139,8 @@ class _Service:
         self.keyed: OrderedDict[str, _Series] = OrderedDict()
         self.next_close_ms = 1 << 62
         self.recip = None
+        self.org = OrgModel()                           # who is "us" (detect/org.py)
+        self.slips = SlipTracker()                      # per-copy slips (detect/slips.py)
         self.bind(cfg, spike_factory)
 
     def bind(self, cfg: DetectConfig, spike_factory) -> None:
@@ -141,6 +150,8 @@ class _Service:
         self.bucket_ms = int(self.spikes.bucket_s * 1000)
         self.wait_ms = int(self.rules.group_wait_s * 1000)
         self.keep_ms = self.wait_ms + int(cfg.lateness_s * 1000)
+        r = self.rules
+        self.org.bind(r.org_domains, r.role_addresses, r.role_learn_copies, r.role_max)
         if self.spikes.enabled:
             if self.volume is None:
                 self.volume = _Series("", spike_factory())
@@ -234,6 +245,8 @@ class DetectionEngine:
             svc = self.services[name]
             while svc.pending:
                 self._decide(svc, heapq.heappop(svc.pending), settle)
+            if svc.slips.scopes:
+                self._judge_slips(svc, 1 << 62, settle)
             self._close_buckets(svc, 1 << 62, settle)
         resolve = self.incidents.close_all()
         self.stats["alerts"] += len(settle) + len(resolve)
@@ -300,6 +313,8 @@ class DetectionEngine:
             self._index_sibling(svc, before)
         while svc.pending and svc.pending[0].deadline_ms <= clock_ms:
             self._decide(svc, heapq.heappop(svc.pending), out)
+        if svc.slips.due_ms <= clock_ms:
+            self._judge_slips(svc, clock_ms, out)
         q = svc.sibling_q
         while q and q[0][0] < clock_ms:
             exp, mid = q.popleft()
@@ -337,20 +352,36 @@ class DetectionEngine:
         if trivially_benign(ps):
             return
         book = self.book
-        sig = disclosure_signals(ps, svc.rules, lambda vis: fingerprint_ids(book.id(a) for a in vis))
+        ident = book.id
+        org = svc.org
+        org.see_from(ps.from_.addresses)
+        r = svc.rules
+
+        def fp(vis):
+            return fingerprint_ids(ident(a) for a in vis)
+
+        sig = disclosure_signals(ps, r, fp, org, ident)
+        meta = _Meta.of(ps.event)
+        if (sig.strangers and sig.verdict != FIRE and r.role_learn_copies and len(sig.strangers) <= r.role_max
+                and org.observe(meta.scope, sig.strangers, ps.envelope, ident)):
+            sig = disclosure_signals(ps, r, fp, org, ident)     # this copy's role addresses are now "us"
         if sig.verdict == FIRE:
             kinds = sig.kinds
-            self._fire(svc, _Meta.of(ps.event), sig, kinds, sig.severity,
+            self._fire(svc, meta, sig, kinds, sig.severity,
                        [book.info(a) for a in disclosed_addresses(ps, sig, kinds)],
-                       {book.id(a) for a in ps.envelope}, sig.fingerprint if BCC_HEADER not in kinds else None,
-                       _disclosure_evidence(sig, svc, book, self.cfg.evidence_sample, ps.visible), out)
+                       {ident(a) for a in ps.envelope}, sig.fingerprint if BCC_HEADER not in kinds else None,
+                       _disclosure_evidence(sig, svc, book, self.cfg.evidence_sample, ps.visible), out,
+                       frozenset(ident(a) for a in sig.org))
             return
         if sig.verdict != WAIT:
+            if sig.strangers and meta.scope and r.slip_copies:
+                self._slip_candidate(svc, meta, sig, ps)
             return
-        meta = _Meta.of(ps.event)
-        r = svc.rules
-        if r.repeat_copies and meta.campaign and sig.fingerprint:
-            # One visible list on several distinct messages of a campaign is a template bug, not a thread.
+        own_only = len(sig.strangers) <= r.role_max and all(
+            org.is_own_domain(a.rpartition("@")[2]) for a in sig.strangers)
+        if r.repeat_copies and meta.campaign and sig.fingerprint and not (own_only and r.role_learn_copies):
+            # One visible list on several distinct messages of a campaign is a template bug, not a thread
+            # (unless the list is the service's own addresses, which role learning is about to settle).
             key = (meta.campaign, sig.fingerprint)
             entry = svc.repeat.get(key)
             if entry is None or entry[1] < meta.sent_at_ms:
@@ -364,16 +395,17 @@ class DetectionEngine:
                 ev = _disclosure_evidence(sig, svc, book, self.cfg.evidence_sample, ps.visible)
                 ev["repeated_on_messages"] = len(entry[0])
                 self._fire(svc, meta, sig, (VISIBLE_DISCLOSURE,), "critical",
-                           [book.info(a) for a in ps.visible], {book.id(a) for a in ps.envelope},
-                           sig.fingerprint, ev, out)
+                           [book.info(a) for a in ps.visible], {ident(a) for a in ps.envelope},
+                           sig.fingerprint, ev, out, frozenset(ident(a) for a in sig.org))
                 return
         self._seq += 1
         self.stats["waits"] += 1
         p = _Pending(
             deadline_ms=meta.sent_at_ms + svc.wait_ms, seq=self._seq, meta=meta,
-            sig=_strip(sig), stranger_ids=tuple(book.id(a) for a in sig.strangers),
+            sig=_strip(sig), stranger_ids=tuple(ident(a) for a in sig.strangers),
             disclosed=tuple(book.info(a) for a in ps.visible),
-            envelope_ids=frozenset(book.id(a) for a in ps.envelope), fingerprint=sig.fingerprint,
+            envelope_ids=frozenset(ident(a) for a in ps.envelope), fingerprint=sig.fingerprint,
+            org_ids=frozenset(ident(a) for a in sig.org), own_only=own_only,
         )
         heapq.heappush(svc.pending, p)
         if len(svc.pending) > self.cfg.max_pending:
@@ -382,9 +414,17 @@ class DetectionEngine:
     def _decide(self, svc: _Service, p: _Pending, out: list[Alert]) -> None:
         entry = svc.siblings.get(p.meta.message_id)
         accounted = entry[0] if entry is not None else p.envelope_ids
-        left = [s for s in p.stranger_ids if s not in accounted]
+        learned = svc.org.learned
+        left = [s for s in p.stranger_ids if s not in accounted and s not in learned]
         if len(left) < svc.rules.strangers_min:
             self.stats["waits_cleared"] += 1
+            return
+        if p.own_only and not p.extended and svc.rules.role_learn_copies:
+            # Only the service's own-domain addresses are left, not yet learned as its role addresses:
+            # give the campaign the slip window to show them to more recipients before judging.
+            p.extended = True
+            p.deadline_ms = p.meta.sent_at_ms + max(svc.wait_ms, int(svc.rules.slip_window_s * 1000))
+            heapq.heappush(svc.pending, p)
             return
         self.stats["waits_fired"] += 1
         ev = dict(_evidence_base(p.sig, svc))
@@ -393,24 +433,87 @@ class DetectionEngine:
         ev["group_wait_s"] = svc.rules.group_wait_s
         left_set = set(left)
         ev["sample"] = [a.masked for a in p.disclosed if a.id in left_set][: self.cfg.evidence_sample]
+        org_ids = p.org_ids | {a.id for a in p.disclosed if a.id in learned}
         self._fire(svc, p.meta, p.sig, (VISIBLE_DISCLOSURE,), "warning", list(p.disclosed), set(p.envelope_ids),
-                   p.fingerprint, ev, out)
+                   p.fingerprint, ev, out, org_ids)
 
-    def _fire(self, svc: _Service, meta: _Meta, sig: Signals, kinds: tuple[str, ...], severity: str,
+    def _slip_candidate(self, svc: _Service, meta: _Meta, sig: Signals, ps: ParsedEvent) -> None:
+        """A scoped copy showing fewer strangers than ``strangers_min``: one copy proves nothing, the
+        campaign's pattern may (detect/slips.py). A stranger at the recipient's own organisation (a
+        colleague) is not counted, unless it is the sender's own domain (an ISP's customers); a consumer
+        mailbox is always a different person."""
+        env_doms = {org_domain(a.rpartition("@")[2]) for a in ps.envelope}
+        strangers = []
+        for a in sig.strangers:
+            dom = a.rpartition("@")[2]
+            consumer = is_consumer(dom)
+            if not consumer and org_domain(dom) in env_doms and not svc.org.is_own_domain(dom):
+                continue            # a colleague of the recipient (an ISP's customers share its domain: kept)
+            inf = self.book.info(a)
+            strangers.append([inf.id, inf.hash, inf.masked, inf.domain, consumer])
+        if strangers:
+            svc.slips.add(meta.scope, [meta.sent_at_ms, meta.event_id, meta.campaign, meta.template,
+                                       meta.message_id, strangers, [self.book.id(a) for a in ps.envelope]],
+                          meta.sent_at_ms + svc.wait_ms)
+
+    def _judge_slips(self, svc: _Service, clock_ms: int, out: list[Alert]) -> None:
+        """Ripe slip candidates (their group wait is over): a stranger still unaccounted for, who is a
+        person or got the campaign themselves, is a confirmed slip; ``slip_copies`` distinct ones within
+        the window establish the pattern and every confirmed copy becomes a trigger."""
+        r = svc.rules
+        win = int(r.slip_window_s * 1000)
+        slips = svc.slips
+        for scope, c in slips.take_ripe(clock_ms, svc.wait_ms):
+            t, eid, campaign, template, mid, strangers, env = c
+            entry = svc.siblings.get(mid)
+            accounted = entry[0] if entry is not None else ()
+            left = [x for x in strangers if x[0] not in accounted and x[0] not in svc.org.learned
+                    and (x[4] or slips.received(scope, x[0], win, t))]
+            if not left:
+                continue
+            n = 0
+            for x in left:
+                n = slips.confirm(scope, t, x[0], win)
+            pending = slips.scopes[scope].setdefault("unfired", [])
+            pending.append(c[:5] + [left, env])
+            del pending[:-r.slip_copies * 4]
+            if n < r.slip_copies and not slips.armed(scope, t):
+                continue
+            slips.arm(scope, t + win)
+            for t2, eid2, camp2, tmpl2, mid2, left2, env2 in pending:
+                meta = _Meta(eid2, t2, svc.name, camp2, tmpl2, mid2)
+                ev: dict[str, Any] = {
+                    "pattern": "per_copy_slip", "strangers": len(left2),
+                    "slip_distinct_strangers": n, "slip_copies": r.slip_copies, "slip_window_s": r.slip_window_s,
+                    "sides": {"org": 0, "external": len(left2)},
+                    "sample": [x[2] for x in left2][: self.cfg.evidence_sample],
+                }
+                self._fire(svc, meta, None, (VISIBLE_DISCLOSURE,), "critical",
+                           [AddrInfo(x[0], x[1], x[2], x[3]) for x in left2], set(env2), None, ev, out)
+            pending.clear()
+
+    def _fire(self, svc: _Service, meta: _Meta, sig: Signals | None, kinds: tuple[str, ...], severity: str,
               disclosed: list[AddrInfo], envelope_ids: set[int], fp: str | None, evidence: dict,
-              out: list[Alert]) -> None:
+              out: list[Alert], org_ids: frozenset[int] = frozenset()) -> None:
         kind = kinds[0]
         inc, new = self.incidents.open_or_get(svc.name, meta.scope, DISCLOSURE, meta.sent_at_ms, kind, severity)
         if self.incidents.seen_trigger(inc, meta.event_id):
             return
         evidence["kinds"] = list(kinds)
-        exposed = None
+        exposed = exposed_in_copy(disclosed, envelope_ids) if self.hasher is not None or org_ids else None
         if self.hasher is not None:
-            exposed = exposed_in_copy(disclosed, envelope_ids)
-            rows = exposure_rows(inc.id, meta.event_id, meta.sent_at_ms, exposed, self.book.key_id)
+            rows = exposure_rows(inc.id, meta.event_id, meta.sent_at_ms, exposed, self.book.key_id, org_ids)
             self._exposures.extend(rows)
             self.stats["exposure_rows"] += len(rows)
+        org_shown = _count_org_exposed(inc, exposed, org_ids) if org_ids else len(inc.exposure_fps.get(_ORG, ()))
+        if org_ids:
+            exposed = [x for x in exposed if x[0].id not in org_ids]
+            disclosed = [a for a in disclosed if a.id not in org_ids]
         _count_exposed(inc, fp, disclosed, envelope_ids, exposed)
+        # alert v1 `exposed` counts people (the external side); the figure that also counts the
+        # organisation's own addresses (its meaning before the organisation model) stays in evidence.
+        evidence["exposed_org"] = org_shown
+        evidence["exposed_including_org"] = len(inc.exposed) + org_shown
         alert = self.incidents.record(
             inc, new, kind=kind, severity=severity, event_id=meta.event_id, sent_at_ms=meta.sent_at_ms,
             campaign=meta.campaign, template=meta.template, copies=1,
@@ -579,12 +682,25 @@ def _count_exposed(inc: Incident, fp: str | None, disclosed: list[AddrInfo], env
     if fp is None or not envelope_ids:
         return
     if len(cache) >= _FP_CACHE:
+        org = cache.get(_ORG)
         cache.clear()
+        if org is not None:
+            cache[_ORG] = org
     if len(envelope_ids) >= 2:
         cache[fp] = _FULL
     else:
         (only,) = envelope_ids
         cache[fp] = only if any(a.id == only for a in disclosed) else _FULL
+
+
+def _count_org_exposed(inc: Incident, exposed: list[tuple[AddrInfo, int]], org_ids: frozenset[int]) -> int:
+    """The organisation's own addresses a copy showed to others: kept apart from ``exposed`` (a small
+    list in the incident's cache), so evidence can still give the figure that counts them."""
+    ids = inc.exposure_fps.setdefault(_ORG, [])
+    for a, _ in exposed:
+        if a.id in org_ids and a.id not in ids and len(ids) < _MAX_ORG_EXPOSED:
+            ids.append(a.id)
+    return len(ids)
 
 
 def _evidence_base(sig: Signals, svc: _Service) -> dict[str, Any]:
@@ -605,6 +721,10 @@ def _disclosure_evidence(sig: Signals, svc: _Service, book: AddressBook, sample_
                          visible: tuple[str, ...] = ()) -> dict[str, Any]:
     ev = _evidence_base(sig, svc)
     ev["strangers"] = len(sig.strangers)
+    ev["strangers_including_org"] = sig.all_strangers
+    ev["parties"] = sig.parties
+    ev["sides"] = {"org": len(sig.org), "external": sig.visible - len(sig.org)}
+    ev["org_sample"] = [book.info(a).masked for a in sig.org[:sample_n]]
     if sig.concatenated:
         ev["concatenated_header"] = sig.concatenated
     if sig.open_list:
@@ -613,13 +733,19 @@ def _disclosure_evidence(sig: Signals, svc: _Service, book: AddressBook, sample_
         ev["run_together"] = True
     if sig.bcc_exposed:
         ev["bcc_exposed"] = len(sig.bcc_exposed)
-    sample_from = sig.strangers or sig.bcc_exposed or (visible if sig.open_list else ())
+    org = set(sig.org)
+    sample_from = sig.strangers or sig.bcc_exposed or (
+        tuple(a for a in visible if a not in org) if sig.open_list else ())
     ev["sample"] = [book.info(a).masked for a in sample_from[:sample_n]]
     return ev
 
 
 def _disclosure_summary(service: str, meta: _Meta, sig: Signals, kind: str, ev: dict) -> str:
     where = f"{service} ({meta.scope})" if meta.scope else service
+    if ev.get("pattern") == "per_copy_slip":
+        return (f"{where}: copies of this campaign each show a different customer who is not a recipient of "
+                f"the copy ({ev['slip_distinct_strangers']} within {ev['slip_window_s']:g} s): a per-copy "
+                f"slip such as a mail merge Cc'ing the next row.")
     if kind == CONCATENATED_TO:
         return (f"{where}: a copy's {ev.get('concatenated_header', 'to').capitalize()} header lists "
                 f"{sig.visible} addresses, {ev.get('strangers', 0)} of them not recipients of the copy "
@@ -639,8 +765,8 @@ def _disclosure_summary(service: str, meta: _Meta, sig: Signals, kind: str, ev: 
         return (f"{where}: a copy's Cc header shows {ev.get('strangers', 0)} addresses that are not "
                 f"recipients of the copy.")
     if sig.open_list and not ev.get("strangers"):
-        return (f"{where}: one message shows {sig.visible} recipients from {sig.domains} domains to each "
-                f"other (Cc/To instead of Bcc).")
+        return (f"{where}: one message shows {sig.parties} external parties ({sig.visible} addresses) to "
+                f"each other (Cc/To instead of Bcc).")
     return (f"{where}: a copy shows {ev.get('strangers', 0)} addresses to recipients who are not on it "
             f"({sig.visible} visible, {sig.envelope} envelope).")
 
@@ -676,6 +802,8 @@ def _register_state_classes() -> None:
     from mailaudit.detect import incidents, signals, spikes, state
 
     state.register(_Service, skip=("rules", "spikes", "bucket_ms", "wait_ms", "keep_ms"))
+    for cls in (OrgModel, SlipTracker):
+        state.register(cls)
     for cls in (_Pending, _Bucket, _Series, _Meta, AddrInfo, signals.Signals, incidents.Incident,
                 incidents.DistinctCounter, spikes.SpikeDetector, spikes.SpikeAlerts, spikes._Tail,
                 spikes._DailyProfile):

@@ -39,6 +39,7 @@ class ExposureRow:
     sent_at_ms: int
     seen_by: int            # envelope recipients of this copy other than the address itself
     key_id: str
+    side: str = "external"  # "org": the sending organisation's own address (detect/org.py); "external": a person
 
     def to_dict(self) -> dict:
         return {
@@ -50,6 +51,7 @@ class ExposureRow:
             "sent_at": format_time(self.sent_at_ms),
             "seen_by": self.seen_by,
             "key_id": self.key_id,
+            "side": self.side,
         }
 
 
@@ -118,9 +120,11 @@ def exposed_in_copy(disclosed: Iterable[AddrInfo], envelope_ids: set[int]) -> li
 
 
 def exposure_rows(incident_id: str, event_id: str, sent_at_ms: int,
-                  exposed: Iterable[tuple[AddrInfo, int]], key_id: str) -> list[ExposureRow]:
+                  exposed: Iterable[tuple[AddrInfo, int]], key_id: str,
+                  org_ids: frozenset[int] | set[int] = frozenset()) -> list[ExposureRow]:
     return [
-        ExposureRow(incident_id, a.hash, a.masked, a.domain, event_id, sent_at_ms, seen_by, key_id)
+        ExposureRow(incident_id, a.hash, a.masked, a.domain, event_id, sent_at_ms, seen_by, key_id,
+                    "org" if a.id in org_ids else "external")
         for a, seen_by in exposed
         if a.hash is not None
     ]
@@ -137,6 +141,7 @@ class ExposedAddress:
     recipients: int         # sum over those copies of the recipients who saw it
     first_seen_ms: int
     last_seen_ms: int
+    side: str = "external"  # "org" when the address is the sending organisation's own (never a person)
 
     def to_dict(self) -> dict:
         return {
@@ -147,6 +152,7 @@ class ExposedAddress:
             "recipients": self.recipients,
             "first_seen": format_time(self.first_seen_ms),
             "last_seen": format_time(self.last_seen_ms),
+            "side": self.side,
         }
 
 
@@ -161,13 +167,15 @@ def summarise(rows: Iterable[ExposureRow]) -> list[ExposedAddress]:
         e = by_addr.get(r.address_hash)
         if e is None:
             by_addr[r.address_hash] = ExposedAddress(
-                r.address_hash, r.address_masked, r.domain, 1, r.seen_by, r.sent_at_ms, r.sent_at_ms)
+                r.address_hash, r.address_masked, r.domain, 1, r.seen_by, r.sent_at_ms, r.sent_at_ms,
+                getattr(r, "side", "external"))
         else:
             e.copies += 1
             e.recipients += r.seen_by
             e.first_seen_ms = min(e.first_seen_ms, r.sent_at_ms)
             e.last_seen_ms = max(e.last_seen_ms, r.sent_at_ms)
-    return sorted(by_addr.values(), key=lambda e: (-e.recipients, e.address_hash))
+    # People first (the report is read to notify them), then the organisation's own addresses.
+    return sorted(by_addr.values(), key=lambda e: (e.side == "org", -e.recipients, e.address_hash))
 
 
 def resolve(report: Iterable[ExposedAddress], addresses: Iterable[str], hasher) -> dict[str, str]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mailaudit.config import DisclosureRules
+from mailaudit.detect.org import OrgModel, is_consumer, org_domain
 from mailaudit.ingest.parsed import ParsedEvent
 
 FIRE = "fire"        # alert now, on this copy
@@ -37,17 +38,20 @@ KIND_PRIORITY = (CONCATENATED_TO, VISIBLE_DISCLOSURE, RUN_TOGETHER, BCC_HEADER)
 class Signals:
     visible: int                      # distinct To+Cc addresses
     envelope: int                     # distinct envelope recipients
-    strangers: tuple[str, ...]        # visible, not envelope recipients of this copy (header order)
+    strangers: tuple[str, ...]        # visible, external, not envelope recipients of this copy (header order)
     domains: int                      # distinct visible domains
     run_together: bool                # To/Cc addresses written with no separator
     bcc_exposed: tuple[str, ...]      # Bcc-header addresses that some other recipient of the copy can read
     concatenated: str | None          # "to" / "cc": a header holding a mass list with strangers in it
-    open_list: bool                   # a long visible list over many domains, all recipients (Cc-not-Bcc)
+    open_list: bool                   # many external parties visible to each other (Cc-not-Bcc), recipients or not
     undisclosed: bool                 # an empty group ("undisclosed-recipients:;") and nothing else visible
     fingerprint: str | None           # of the visible list (>= 2 addresses): spots one list repeating
     verdict: str                      # FIRE / WAIT / BENIGN
     kinds: tuple[str, ...]            # alert kinds that fire now, most specific first
     severity: str | None              # of the alert when FIRE
+    org: tuple[str, ...] = ()         # visible addresses on the organisation's side ("us")
+    parties: int = 0                  # external parties visible (consumer-mailbox people + other organisations)
+    all_strangers: int = 0            # visible non-recipients counting the organisation's own addresses (old meaning)
 
     @property
     def kind(self) -> str | None:
@@ -77,31 +81,64 @@ def disclosure_signals(
     ps: ParsedEvent,
     rules: DisclosureRules,
     fingerprint: Callable[[tuple[str, ...]], str] = default_fingerprint,
+    org: OrgModel | None = None,
+    ident: Callable[[str], int] | None = None,
 ) -> Signals:
+    """The verdict on one copy. ``org``/``ident``: the service's organisation model and the address
+    id function it keys on; without them only the copy's own From address counts as "us"."""
     visible = ps.visible
     envelope = set(ps.envelope)
     n_visible = len(visible)
     to, cc, bcc = ps.to, ps.cc, ps.bcc
 
     run_together = to.run_together or cc.run_together or _garbled(to) or _garbled(cc)
+    from_ = ps.from_.addresses
 
     # Fast path: the bulk of real traffic (one visible address, no Bcc header, clean syntax).
     if n_visible <= 1 and not bcc.addresses and not run_together:
-        strangers = tuple(a for a in visible if a not in envelope)
+        strangers = tuple(a for a in visible if a not in envelope and a not in from_)
         return Signals(
             visible=n_visible, envelope=len(envelope), strangers=strangers,
             domains=n_visible, run_together=False, bcc_exposed=(), concatenated=None,
             open_list=False, undisclosed=n_visible == 0 and (to.group or cc.group),
             fingerprint=None, verdict=BENIGN, kinds=(), severity=None,
+            org=tuple(a for a in visible if a in from_), parties=len(strangers),
+            all_strangers=sum(1 for a in visible if a not in envelope),
         )
 
-    strangers = tuple(a for a in visible if a not in envelope)
+    if org is not None and ident is not None:
+        ours = {a for a in visible if org.is_org(a, ident, from_)}
+    else:
+        ours = {a for a in visible if a in from_}
+    strangers = tuple(a for a in visible if a not in envelope and a not in ours)
     n_strangers = len(strangers)
     domains = len({a.rpartition("@")[2] for a in visible})
 
+    # Who is exposed: each person at a consumer provider is a party; staff of another organisation
+    # count once per organisation (they know each other); the sender's own-domain mailboxes that are
+    # not "us" count once too, except in a campaign, where those that receive it are its customers
+    # (an ISP's, a university's), each a party.
+    people = own_customers = 0
+    orgs: set[str] = set()
+    own_seen = False
+    for a in visible:
+        if a in ours:
+            continue
+        dom = a.rpartition("@")[2]
+        if is_consumer(dom):
+            people += 1
+        elif org is not None and org.is_own_domain(dom):
+            own_seen = True
+            if a in envelope:
+                own_customers += 1
+        else:
+            orgs.add(org_domain(dom))
+    parties = people + len(orgs) + own_seen
+    campaign_parties = people + len(orgs) + max(own_customers, own_seen)
+
     concatenated = None
     for name, header in (("to", to), ("cc", cc)):
-        header_strangers = sum(1 for a in set(header.addresses) if a not in envelope)
+        header_strangers = sum(1 for a in set(header.addresses) if a not in envelope and a not in ours)
         if header_strangers >= rules.strangers_min and (
             header.count >= rules.visible_max or header_strangers >= rules.strangers_critical
         ):
@@ -109,10 +146,8 @@ def disclosure_signals(
             break
 
     open_list = bool(
-        rules.open_list_domains
-        and n_visible >= rules.visible_max
-        and domains >= rules.open_list_domains
-        and len(envelope) >= 2
+        (rules.open_list_domains and parties >= rules.open_list_domains)
+        or (rules.campaign_list_parties and ps.event.campaign and campaign_parties >= rules.campaign_list_parties)
     )
 
     # RFC 5322 allows the copy delivered to a Bcc recipient to carry a Bcc: naming that recipient only;
@@ -120,7 +155,9 @@ def disclosure_signals(
     bcc_exposed: tuple[str, ...] = ()
     if bcc.addresses:
         bcc_exposed = tuple(
-            b for b in dict.fromkeys(bcc.addresses) if any(e != b for e in envelope)
+            b for b in dict.fromkeys(bcc.addresses)
+            if any(e != b for e in envelope)
+            and not (b in from_ or (org is not None and ident is not None and org.is_org(b, ident, from_)))
         )
 
     kinds: list[str] = []
@@ -165,6 +202,9 @@ def disclosure_signals(
         verdict=verdict,
         kinds=tuple(k for k in KIND_PRIORITY if k in kinds),
         severity=severity,
+        org=tuple(a for a in visible if a in ours),
+        parties=max(parties, campaign_parties) if ps.event.campaign else parties,
+        all_strangers=sum(1 for a in visible if a not in envelope),
     )
 
 

@@ -164,8 +164,17 @@ class DisclosureRules:
     strangers_min: int = 2                # fewer strangers than this is never suspicious (e.g. a Cc'd own mailbox)
     group_wait_s: float = 5.0             # event-time wait for sibling submissions of one Message-ID
     visible_max: int = 50                 # a To/Cc header this long with >= strangers_min strangers is concatenated_to
-    open_list_domains: int = 10           # >= visible_max visible addresses over this many domains, all recipients
-                                          # of one copy: Cc-instead-of-Bcc (visible_disclosure); 0 disables
+    open_list_domains: int = 10           # external parties visible on one copy (each consumer-mailbox person, each
+                                          # other organisation's domain) that make an open list on any mail; 0 disables
+    campaign_list_parties: int = 4        # the same on a copy of a bulk campaign (wire `campaign` set); 0 disables
+    org_domains: list[str] = field(default_factory=list)     # the operator's staff domains (and subdomains): "us"
+    role_addresses: list[str] = field(default_factory=list)  # the service's own role/list addresses: "us"
+    role_learn_copies: int = 5            # own-domain address shown on copies to this many envelopes of one campaign
+                                          # becomes a learned role address ("us"); 0 disables learning
+    role_max: int = 3                     # only copies showing at most this many such addresses teach roles
+    slip_copies: int = 3                  # per-copy slip: copies of one campaign each showing a different external
+                                          # non-recipient, within slip_window_s; 0 disables
+    slip_window_s: float = 60.0
     repeat_copies: int = 3                # a campaign's copies (distinct Message-IDs) repeating one visible list with
                                           # strangers: fire without waiting once seen this many times; 0 disables
     run_together: bool = True             # alert on addresses written with no separator
