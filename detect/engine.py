@@ -474,9 +474,7 @@ class DetectionEngine:
             n = 0
             for x in left:
                 n = slips.confirm(scope, t, x[0], win)
-            pending = slips.scopes[scope].setdefault("unfired", [])
-            pending.append(c[:5] + [left, env])
-            del pending[:-r.slip_copies * 4]
+            pending = slips.hold(scope, c[:5] + [left, env], max(r.slip_copies * 4, 16))
             if n < r.slip_copies and not slips.armed(scope, t):
                 continue
             slips.arm(scope, t + win)
@@ -805,9 +803,9 @@ def _register_state_classes() -> None:
     for cls in (OrgModel, SlipTracker):
         state.register(cls)
     for cls in (_Pending, _Bucket, _Series, _Meta, AddrInfo, signals.Signals, incidents.Incident,
-                incidents.DistinctCounter, spikes.SpikeDetector, spikes.SpikeAlerts, spikes._Tail,
-                spikes._DailyProfile):
+                incidents.DistinctCounter):
         state.register(cls)
+    state.register_module(spikes)           # the detectors' helper classes change with their tuning
 
 
 _register_state_classes()

@@ -34,7 +34,7 @@ class SlipTracker:
         if s is None:
             if len(self.scopes) >= MAX_SCOPES:
                 self.scopes.pop(next(iter(self.scopes)))
-            s = self.scopes[scope] = {"cand": [], "env": {}, "confirmed": [], "armed_until": 0}
+            s = self.scopes[scope] = {"cand": [], "env": {}, "confirmed": [], "unfired": [], "armed_until": 0}
         else:
             self.scopes[scope] = self.scopes.pop(scope)       # most recent last
         return s
@@ -82,6 +82,14 @@ class SlipTracker:
         s["confirmed"] = conf[-MAX_CANDIDATES:]
         return len({c[1] for c in s["confirmed"]})
 
+    def hold(self, scope: str, entry: list, keep: int) -> list[list]:
+        """Keep a confirmed copy until the pattern is clear (then each becomes a trigger); returns the
+        held copies, oldest first (at most ``keep``)."""
+        held = self._scope(scope)["unfired"]
+        held.append(entry)
+        del held[:-keep]
+        return held
+
     def armed(self, scope: str, t_ms: int) -> bool:
         return self.scopes.get(scope, {}).get("armed_until", 0) >= t_ms
 
@@ -92,7 +100,7 @@ class SlipTracker:
     def to_state(self) -> dict[str, Any]:
         return {"due_ms": self.due_ms, "scopes": {
             k: {"cand": v["cand"], "env": [[i, t] for i, t in v["env"].items()], "confirmed": v["confirmed"],
-                "armed_until": v["armed_until"]} for k, v in self.scopes.items()}}
+                "unfired": v["unfired"], "armed_until": v["armed_until"]} for k, v in self.scopes.items()}}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> "SlipTracker":
@@ -102,5 +110,6 @@ class SlipTracker:
             t.scopes[str(k)] = {"cand": [list(c) for c in v.get("cand", [])],
                                 "env": {int(i): int(ts) for i, ts in v.get("env", [])},
                                 "confirmed": [list(c) for c in v.get("confirmed", [])],
+                                "unfired": [list(c) for c in v.get("unfired", [])],
                                 "armed_until": int(v.get("armed_until", 0))}
         return t
