@@ -218,8 +218,13 @@ class DetectConsumer:
         if not todo:
             return
         undelivered = self._undelivered()
-        cps = [Checkpoint(k[0], k[1], self._positions[k], self.engine.state_dict(k), undelivered.get(k, []))
-               for k in todo]
+        cps = []
+        for k in todo:
+            try:
+                cps.append(Checkpoint(k[0], k[1], self._positions[k], self.engine.state_dict(k),
+                                      undelivered.get(k, [])))
+            except Exception:  # noqa: BLE001 - the previous checkpoint stays valid: never crash on it
+                log.exception("partition %s/%d: state not checkpointed", *k)
         saved, shared = self.store.save(cps)
         if shared:                              # else: written locally only, ClickHouse is retried next time
             for cp in saved:

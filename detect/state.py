@@ -3,7 +3,8 @@
 A detector replica restores a partition's state from a store other replicas (and whoever can write to
 that ClickHouse table) write to, so loading it must not be able to run code. This module turns the
 engine's state objects into plain JSON values and back, and only ever rebuilds instances of classes
-on an explicit allow-list (``register``): unknown class names are an error, never an import.
+on an explicit allow-list (``register``, or every class of an allowed detection module,
+``register_module``, looked up in the imported module): unknown class names are an error, never an import.
 
 Encoding: ``None``/bool/int/float/str and lists stay as they are; other containers are tagged objects
 (``{"$t": [...]}`` tuple, ``"$s"`` set, ``"$f"`` frozenset, ``"$q"`` deque, ``"$b"`` bytes/bytearray,
@@ -52,6 +53,41 @@ def register(cls: type, name: str | None = None, skip: tuple[str, ...] = ()) -> 
     return cls
 
 
+_MODULES: dict[str, Any] = {}
+
+
+def register_module(module: Any) -> None:
+    """Allow every class defined in ``module`` (one of the detection modules, e.g. spike detectors
+    whose helper classes change with their author's work). A state names such a class as
+    ``short_module.QualName``; it is looked up in the already-imported module, never imported."""
+    _MODULES[module.__name__.rsplit(".", 1)[-1]] = module
+
+
+def _module_class(name: str) -> type | None:
+    short, _, qual = name.partition(".")
+    mod = _MODULES.get(short)
+    if mod is None or not qual:
+        return None
+    obj: Any = mod
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    if isinstance(obj, type) and obj.__module__ == mod.__name__:
+        return obj
+    return None
+
+
+def _state_name(t: type) -> str | None:
+    name = _state_name(t)
+    if name is not None:
+        return name
+    short = t.__module__.rsplit(".", 1)[-1]
+    if short in _MODULES and _MODULES[short].__name__ == t.__module__:
+        name = f"{short}.{t.__qualname__}"
+        if _module_class(name) is t:
+            return name
+    return None
+
+
 def _attr_names(obj: Any) -> list[str]:
     names: list[str] = []
     for k in type(obj).__mro__:
@@ -70,8 +106,8 @@ def encode(v: Any) -> Any:
         return v
     if t is list:
         return [encode(x) for x in v]
-    name = t.__dict__.get("__state_name__")
-    if name is not None and _CLASSES.get(name) is t:
+    name = _state_name(t)
+    if name is not None:
         if hasattr(v, "to_state") and hasattr(t, "from_state"):
             return {"$c": name, "s": encode(v.to_state())}
         if isinstance(v, tuple):                       # NamedTuple
@@ -109,7 +145,7 @@ def decode(v: Any) -> Any:
     if type(v) is not dict:
         return v
     if "$c" in v:
-        cls = _CLASSES.get(v["$c"])
+        cls = _CLASSES.get(v["$c"]) or _module_class(v["$c"])
         if cls is None:
             raise StateError(f"state names unknown class {v['$c']!r}")
         if "s" in v:
