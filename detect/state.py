@@ -77,8 +77,8 @@ def _module_class(name: str) -> type | None:
 
 
 def _state_name(t: type) -> str | None:
-    name = _state_name(t)
-    if name is not None:
+    name = t.__dict__.get("__state_name__")
+    if name is not None and _CLASSES.get(name) is t:
         return name
     short = t.__module__.rsplit(".", 1)[-1]
     if short in _MODULES and _MODULES[short].__name__ == t.__module__:
