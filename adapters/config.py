@@ -97,6 +97,17 @@ class AdaptConfig:
     template_tag: str = "template"
     include_subject: bool = True
     max_body_bytes: int = 8 * 1024 * 1024
+    # Provider signatures (adapters/signatures.py). SES through SNS: an SNS envelope is always
+    # verified (sns_verify); sns_required also refuses anything that is not a signed SNS message.
+    sns_verify: bool = True
+    sns_required: bool = False
+    sns_topic_arns: list[str] = field(default_factory=list)   # empty: any topic
+    # SendGrid Signed Event Webhook: the verification key (base64 DER) from the SendGrid console;
+    # set, every post must carry a valid ECDSA signature.
+    sendgrid_public_key: str | None = None
+    # Hostile clients: per-read socket timeout, connections served at once.
+    timeout_s: float = 10.0
+    max_concurrent: int = 16
 
 
 @dataclass

@@ -16,6 +16,7 @@ handles). Other event types are counted and skipped.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -50,7 +51,8 @@ def convert(doc: Any, acfg: AdaptConfig) -> Converted:
             out.skip("no_email")
             continue
         ts = ev.get("timestamp")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) \
+                or not 0 <= ts < 1e11:
             out.skip("bad_timestamp")
             continue
         key = _str(ev.get("smtp-id")) or (_str(ev.get("sg_message_id")) or "").split(".filter")[0]
@@ -59,25 +61,33 @@ def convert(doc: Any, acfg: AdaptConfig) -> Converted:
             continue
         groups.setdefault(key, []).append(ev)
     for mid, evs in groups.items():
-        first = evs[0]
-        service = (_str(first.get(acfg.service_tag)) or _str(first.get("category"))
-                   or acfg.default_service or "sendgrid")
-        campaign = (_str(first.get(acfg.campaign_tag)) or _str(first.get("marketing_campaign_name"))
-                    or _str(first.get("singlesend_name")) or _str(first.get("marketing_campaign_id")))
-        template = _str(first.get(acfg.template_tag)) or _str(first.get("sg_template_name")) \
-            or _str(first.get("sg_template_id"))
-        ids = sorted(str(e.get("sg_event_id", "")) for e in evs)
-        out.events.append(Event(
-            event_id=str(uuid.uuid5(NAMESPACE, "sendgrid:" + mid + ":" + ",".join(ids))),
-            sent_at_ms=int(min(float(e["timestamp"]) for e in evs) * 1000),
-            service=service,
-            message_id=mid,
-            from_="",                  # not in the Event Webhook
-            to="",                     # not in the Event Webhook: see the module docstring
-            envelope_to=[e["email"].strip() for e in evs],
-            campaign=campaign,
-            template=template,
-            extra={"provider": "sendgrid", "provider_message_id": _str(first.get("sg_message_id")) or "",
-                   "headers_source": "none"},
-        ))
+        try:
+            out.events.append(_event(mid, evs, acfg))
+        except Exception:  # noqa: BLE001 - one bad message is skipped, not the batch
+            out.skip("bad_record")
     return out
+
+
+def _event(mid: str, evs: list[dict], acfg: AdaptConfig) -> Event:
+    """One wire event from the ``processed`` events of one message."""
+    first = evs[0]
+    service = (_str(first.get(acfg.service_tag)) or _str(first.get("category"))
+               or acfg.default_service or "sendgrid")
+    campaign = (_str(first.get(acfg.campaign_tag)) or _str(first.get("marketing_campaign_name"))
+                or _str(first.get("singlesend_name")) or _str(first.get("marketing_campaign_id")))
+    template = _str(first.get(acfg.template_tag)) or _str(first.get("sg_template_name")) \
+        or _str(first.get("sg_template_id"))
+    ids = sorted(str(e.get("sg_event_id", "")) for e in evs)
+    return Event(
+        event_id=str(uuid.uuid5(NAMESPACE, "sendgrid:" + mid + ":" + ",".join(ids))),
+        sent_at_ms=int(min(float(e["timestamp"]) for e in evs) * 1000),
+        service=service,
+        message_id=mid,
+        from_="",                  # not in the Event Webhook
+        to="",                     # not in the Event Webhook: see the module docstring
+        envelope_to=[e["email"].strip() for e in evs],
+        campaign=campaign,
+        template=template,
+        extra={"provider": "sendgrid", "provider_message_id": _str(first.get("sg_message_id")) or "",
+               "headers_source": "none"},
+    )

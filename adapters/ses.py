@@ -129,7 +129,10 @@ def convert_record(rec: dict, acfg: AdaptConfig) -> tuple[Event | None, str | No
 def convert(doc: Any, acfg: AdaptConfig) -> Converted:
     out = Converted()
     for rec in unwrap(doc, out):
-        event, reason = convert_record(rec, acfg)
+        try:
+            event, reason = convert_record(rec, acfg)
+        except Exception:  # noqa: BLE001 - one bad record (wrong field types...) is skipped, not the batch
+            event, reason = None, "bad_record"
         if event is None:
             out.skip(reason or "unknown")
         else:

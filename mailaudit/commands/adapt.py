@@ -122,8 +122,16 @@ def _listen(args, cfg, acfg, convert) -> int:
         raise UserError("refusing to listen beyond loopback without a shared secret "
                         "(set MAILAUDIT_ADAPT_SECRET or adapt.secret)")
     pub = Publisher(cfg.kafka, service=f"mailaudit-adapt-{args.provider}", max_block_ms=0, on_full="drop")
+    from mailaudit.adapters.signatures import receiver_options
+
+    try:
+        verify = receiver_options(args.provider, acfg)       # provider signatures (issue 14)
+    except ValueError as e:
+        pub.close()
+        raise UserError(str(e)) from None
     receiver = Receiver(lambda doc: convert(doc, acfg), lambda e: pub.publish_event(e) is not None,
-                        secret=acfg.secret, max_body_bytes=acfg.max_body_bytes)
+                        secret=acfg.secret, max_body_bytes=acfg.max_body_bytes, timeout_s=acfg.timeout_s,
+                        max_concurrent=acfg.max_concurrent, **verify)
     try:
         server = receiver.serve(args.listen)
     except OSError as e:
