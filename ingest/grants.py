@@ -55,7 +55,7 @@ CH_ROLES: tuple[ChRole, ...] = (
            (("INSERT", "events"), ("INSERT", "errors"), ("INSERT", DASHBOARD_AGGREGATE))),
     ChRole("mailaudit_detect", "detector (mailaudit detect, model train, exposure)",
            (("SELECT", "events"), ("SELECT", "exposures"), ("INSERT", "alerts"), ("INSERT", "incidents"),
-            ("INSERT", "exposures"))),
+            ("INSERT", "exposures"), ("SELECT", "detect_checkpoints"), ("INSERT", "detect_checkpoints"))),
     ChRole("mailaudit_dashboard", "dashboard: reads everything, records operator actions",
            (("SELECT", "*"), ("INSERT", "audit_log"))),
     # Not "ALL": on a modern server that also carries user/role management and IMPERSONATE.
