@@ -77,8 +77,8 @@ class _Null:
 def run_pattern(p, cfg: DetectConfig, scale: float = 1.0, prepare=None) -> dict[str, Any]:
     """One pattern through ``run_backtest``; the per-pattern verdict (see the module docstring).
 
-    ``prepare(pattern, stream, cfg) -> cfg``: a hook to derive the config for this pattern (the anomaly
-    model bench trains the pattern's history and points ``model_path`` at it).
+    ``prepare(pattern, stream, cfg) -> cfg``: derive the config for this pattern (e.g. per-service
+    overrides an experiment wants to try); the default runs every pattern with ``cfg`` as given.
     """
     stream = p.generate(scale)
     events = stream.events

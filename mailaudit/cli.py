@@ -27,7 +27,6 @@ VERBS: dict[str, str] = {
     "dashboard": "dashboard",
     "run": "run",
     "bench": "bench",
-    "model": "model",
     "hold": "hold",
     "release": "release",
     "milter": "milter",

@@ -210,8 +210,6 @@ class DetectConfig:
     max_pending: int = 100_000            # copies waiting for siblings per service; beyond it the oldest is decided early
     max_future_s: float = 300.0           # live only: an event dated further ahead of the wall clock does not move
                                           # its service's clock (one skewed mailer must not make all else "late")
-    model_path: str | None = None
-    model_threshold: float | None = None
     checkpoint_dir: str | None = None
 
     def disclosure_for(self, service: str) -> DisclosureRules:
