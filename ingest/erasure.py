@@ -65,6 +65,7 @@ class TableSpec:
     aligned: tuple[Aligned, ...] = ()
     text: tuple[str, ...] = ()            # free text scrubbed of raw addresses and masked forms
     deletable: bool = False               # mode="delete" removes the rows that hold the hash
+    hash_in_key: bool = False             # the hash is in the sort key (cannot be updated): rows always deleted
 
 
 SPECS: tuple[TableSpec, ...] = (
@@ -75,6 +76,8 @@ SPECS: tuple[TableSpec, ...] = (
         Aligned("bcc_hashes", ("bcc_masked",)),
         Aligned("env_hashes", ("env_masked",), ("env_domains",)),
     ), text=("subject", "extra", "message_id"), deletable=True),
+    # The address search index (schema migration 5): one row per (hash, event); the rows are deleted.
+    TableSpec("events_by_address", (Aligned("address_hash", array=False),), deletable=True, hash_in_key=True),
     TableSpec("exposures", (
         Aligned("exposed_hashes", ("exposed_masked",), ("exposed_domains",)),
         Aligned("recipient_hashes"),
@@ -254,7 +257,7 @@ def forget(db: Database, ring: KeyRing, addresses: list[str], *, actor: str | No
             result.rows[spec.table] = n
             if dry_run or n == 0:
                 continue
-            if mode == "delete" and spec.deletable and hash_cond:
+            if (mode == "delete" or spec.hash_in_key) and spec.deletable and hash_cond:
                 hw = " OR ".join(hash_cond)
                 if db.capabilities.lightweight_delete:
                     db.execute(f"DELETE FROM {{db}}.{t} WHERE {hw}")

@@ -41,6 +41,7 @@ PLACEHOLDER = "REPLACE_WITH_SHA256_HEX_OF_PASSWORD"
 
 # Tables written by someone else's migration that a role must also reach (created when present).
 DASHBOARD_AGGREGATE = "events_minutely"
+SEARCH_INDEX = "events_by_address"     # schema migration 5, also filled by a view on every events insert
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class ChRole:
 
 CH_ROLES: tuple[ChRole, ...] = (
     ChRole("mailaudit_ingest", "ingest consumer (mailaudit consume)",
-           (("INSERT", "events"), ("INSERT", "errors"), ("INSERT", DASHBOARD_AGGREGATE))),
+           (("INSERT", "events"), ("INSERT", "errors"), ("INSERT", DASHBOARD_AGGREGATE), ("INSERT", SEARCH_INDEX))),
     ChRole("mailaudit_detect", "detector (mailaudit detect, model train, exposure)",
            (("SELECT", "events"), ("SELECT", "exposures"), ("INSERT", "alerts"), ("INSERT", "incidents"),
             ("INSERT", "exposures"), ("SELECT", "detect_checkpoints"), ("INSERT", "detect_checkpoints"))),

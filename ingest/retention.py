@@ -41,6 +41,7 @@ class TableRule:
 
 RULES: tuple[TableRule, ...] = (
     TableRule("events", "sent_at", "day", "events_days", False),
+    TableRule("events_by_address", "sent_at", "day", "events_days", False),   # search index of events
     TableRule("errors", "kafka_ts", "month", "errors_days", True),
     TableRule("alerts", "last_seen", "month", "alerts_days", True),
     TableRule("incidents", "first_seen", "month", "incidents_days", True),

@@ -304,6 +304,62 @@ ORDER BY (group_id, topic, partition)
 """
 
 
+# -- migration 5: reverse index address -> events (dashboard address search) -----------------------
+# Address search must find an address wherever it appears (From, To, Cc, Bcc, envelope), so on
+# `events` it reads every hash array of the time range: 2.2 s median over 7 days at 10M events on
+# 18.16. This table holds one row per (distinct address hash, event), ordered by hash then time, fed by
+# a materialized view on every insert into `events`: a search reads a few granules per partition
+# instead (bench/dashboard.py). It stores only what `events` already holds (keyed hashes, time,
+# service, event id), follows its retention (day partitions, `mailaudit retention run`, TTL where the
+# server has it) and its erasure (ingest/erasure.py). Redelivered events collapse on the sort key.
+# It works on every server generation; a modern server could use a bloom-filter skip index on the
+# arrays instead, but one design for both keeps one query. The backfill indexes what was ingested
+# before the view existed (a repeat only writes rows that collapse).
+
+EVENTS_BY_ADDRESS_TABLE = "events_by_address"
+EVENTS_BY_ADDRESS_VIEW = "events_by_address_mv"
+
+_BY_ADDRESS_SELECT = """
+SELECT arrayJoin(arrayDistinct(arrayFilter(h -> h != '', arrayConcat([from_hash], to_hashes, cc_hashes, bcc_hashes,
+                                                                      env_hashes)))) AS address_hash,
+       sent_at, sent_ms, service, event_id
+FROM {db}.events
+"""
+
+
+def _by_address_table(d: Dialect) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {{db}}.{EVENTS_BY_ADDRESS_TABLE} (
+    address_hash String{d.codec('ZSTD(1)')},
+    sent_at {d.time}{d.codec('ZSTD(1)')},
+    sent_ms Int64{d.codec('ZSTD(1)')},
+    service {d.lc()},
+    event_id UUID
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(sent_at)
+ORDER BY (address_hash, sent_at, event_id){d.ttl('sent_at', d.retention.events_days)}
+"""
+
+
+def _by_address_view(d: Dialect) -> str:
+    return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{EVENTS_BY_ADDRESS_VIEW} TO {{db}}.{EVENTS_BY_ADDRESS_TABLE} AS "
+            f"{_BY_ADDRESS_SELECT}")
+
+
+def _by_address_backfill(d: Dialect) -> str:
+    return f"""
+INSERT INTO {{db}}.{EVENTS_BY_ADDRESS_TABLE} (address_hash, sent_at, sent_ms, service, event_id)
+{_BY_ADDRESS_SELECT}
+WHERE ingested_at <= (SELECT max(metadata_modification_time) FROM system.tables
+                      WHERE database = '{{db}}' AND name = '{EVENTS_BY_ADDRESS_VIEW}')
+"""
+
+
+def events_by_address_statements(d: Dialect) -> list[str]:
+    """Migration 5, in order: table, view, backfill of what was there before the view."""
+    return [_by_address_table(d), _by_address_view(d), _by_address_backfill(d)]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -316,9 +372,11 @@ MIGRATIONS: list[Migration] = [
     Migration(2, "alerts, incidents, exposures, audit log", lambda d: [_alerts(d), _incidents(d), _exposures(d), _actions(d)]),
     Migration(3, "events per minute (dashboard baselines)", events_minutely_statements),
     Migration(4, "detector checkpoints per partition (replicas)", lambda d: [_detect_checkpoints(d)]),
+    Migration(5, "address -> events reverse index (address search)", events_by_address_statements),
 ]
 
-TABLES = ("events", "errors", "alerts", "incidents", "exposures", "audit_log", "events_minutely", "detect_checkpoints")
+TABLES = ("events", "errors", "alerts", "incidents", "exposures", "audit_log", "events_minutely", "detect_checkpoints",
+          "events_by_address")
 
 
 def ddl(caps: Capabilities, retention: RetentionConfig | None = None) -> list[str]:

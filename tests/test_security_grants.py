@@ -144,7 +144,7 @@ def test_modern_sql_parses_and_its_grants_are_accepted_by_modern_access_control(
         assert parsed.split()[:2] == q.split()[:2]                  # same statement kind, normalised
     assert set(out["grants"]["mailaudit_ingest"]) == {
         f"GRANT INSERT ON {DB}.events TO mailaudit_ingest", f"GRANT INSERT ON {DB}.errors TO mailaudit_ingest",
-        f"GRANT INSERT ON {DB}.events_minutely TO mailaudit_ingest"}
+        f"GRANT INSERT ON {DB}.events_minutely TO mailaudit_ingest", f"GRANT INSERT ON {DB}.events_by_address TO mailaudit_ingest"}
     assert f"GRANT SELECT ON {DB}.* TO mailaudit_dashboard" in out["grants"]["mailaudit_dashboard"]
     assert f"GRANT INSERT ON {DB}.audit_log TO mailaudit_dashboard" in out["grants"]["mailaudit_dashboard"]
     assert not any("DELETE" in g or "ALTER" in g for g in out["grants"]["mailaudit_detect"])
