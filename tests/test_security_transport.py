@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import secrets
+import ssl
 import signal
 import subprocess
 import sys
@@ -268,6 +269,9 @@ def test_pipeline_end_to_end_over_sasl_ssl_and_clickhouse_tls(make_cfg, broker_b
     with ConsumerThread(cfg) as consumer:
         wait_until(lambda: db.execute("SELECT count() FROM {db}.events")[0][0] == 20
                    and db.execute("SELECT count() FROM {db}.errors")[0][0] == 1, timeout=60, what="rows over TLS")
+    # The consumer wrote over TLS: its live connection is an SSL socket to the TLS port.
+    sock = consumer.db.client.connection.socket
+    assert isinstance(sock, ssl.SSLSocket) and sock.getpeername()[1] == tls_clickhouse.clickhouse_secure_port
     consumer.db.disconnect()
     assert _read(cfg.kafka, cfg.kafka.topic_dlq, 1, 1) == [b"{broken json"]
     ids = {str(r[0]) for r in db.execute("SELECT event_id FROM {db}.events")}
@@ -275,7 +279,11 @@ def test_pipeline_end_to_end_over_sasl_ssl_and_clickhouse_tls(make_cfg, broker_b
     assert proxy.authenticated[("SCRAM-SHA-512", "mailaudit-mailer")] >= 1
     assert proxy.authenticated[("SCRAM-SHA-512", "mailaudit-ingest")] >= 2   # group consumer + DLQ producer
     assert proxy.failures == 0 and proxy.refused_unauthenticated == 0
-    # The server saw these inserts on its TLS port (the session's plain server is a different process).
-    assert tls_clickhouse.clickhouse_secure_port != make_cfg().clickhouse.parts()["port"]
+    # The rows are on the TLS server only: the session's plain server never saw this database.
+    plain = Database(make_cfg().clickhouse)
+    try:
+        assert plain.execute("SELECT count() FROM system.databases WHERE name = %(n)s", {"n": db_name}) == [(0,)]
+    finally:
+        plain.disconnect()
     assert json.dumps(cfg.redacted()).count(USERS["mailaudit-ingest"]) == 0
     db.disconnect()
