@@ -51,6 +51,8 @@ from typing import Any
 
 __all__ = ["SpikeDetector", "SpikeAlerts", "SpikeResult", "DEFAULTS"]
 
+STATE_FORMAT = "mailaudit.detect.spikes/1"
+
 _EPOCH = _dt.datetime(1970, 1, 1)
 _log = math.log
 _exp = math.exp
@@ -81,6 +83,8 @@ DEFAULTS: dict[str, Any] = dict(
                           # value) by this x that range's distance from the median; 0 = evidence alone decides
     alert_strength=5.0,   # nats of surprise (after the look-elsewhere term) that make an alert
     two_sided=True,       # also score drops (speed/volume falling off a cliff); direction is reported
+    schedules=True,       # weekly (15-min slots) and monthly (day-of-month hours) memory of the largest value:
+    schedule_ratio=1.2,   # a rise up to this x the one seen at the same time of week/month is the schedule
 )
 
 
@@ -224,6 +228,19 @@ class _Tail:
     def size(self) -> int:
         return len(self.srt) + len(self.buf)
 
+    def to_state(self) -> dict[str, Any]:
+        # srt is always sorted(buf): only the arrival order is kept
+        return {"m": self.m, "k": self.k, "q": self.q, "emax": self.emax, "buf": list(self.buf),
+                "side": self.side, "run": self.run}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> "_Tail":
+        t = cls(int(d["m"]), int(d["k"]), float(d["q"]), int(d["emax"]))
+        t.buf = deque(float(v) for v in d["buf"])
+        t.srt = sorted(t.buf)
+        t.side, t.run = int(d["side"]), int(d["run"])
+        return t
+
 
 class _DailyProfile:
     """Median of the same time-of-day slot on the previous days, and how unusual today's distance is.
@@ -302,6 +319,102 @@ class _DailyProfile:
     def size(self) -> int:
         return sum(len(v) for v in self.vals) + 5 * self.nb + self.tail.size()
 
+    def to_state(self) -> dict[str, Any]:
+        return {"nb": self.nb, "tol": self.tol, "days": self.days, "vals": [list(v) for v in self.vals],
+                "pend_t": list(self.pend_t), "pend_sum": list(self.pend_sum), "pend_n": list(self.pend_n),
+                "pred": list(self.pred), "tail": self.tail.to_state(), "ead": self.ead, "ese": self.ese,
+                "explained": [self.r0, self.r1]}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> "_DailyProfile":
+        p = cls(int(d["nb"]), int(d["days"]), int(d["tol"]), tuple(d["explained"]), _Tail.from_state(d["tail"]))
+        p.vals = [[float(x) for x in v] for v in d["vals"]]
+        p.pend_t = [None if x is None else float(x) for x in d["pend_t"]]
+        p.pend_sum = [float(x) for x in d["pend_sum"]]
+        p.pend_n = [int(x) for x in d["pend_n"]]
+        p.pred = [None if x is None else float(x) for x in d["pred"]]
+        p.ead, p.ese = float(d["ead"]), float(d["ese"])
+        return p
+
+
+_WEEK = 7 * _DAY
+_WEEK_SLOT = 900.0
+
+
+class _Schedule:
+    """The largest value of each slot of a cycle (a week, or a calendar month), per cycle, for the last
+    ``keep`` previous cycles: "a value this large happened at this time of week / of month before".
+
+    Weekly slots are 15 minutes of the week; monthly slots are the hours of the month (day-of-month
+    x 24), so a run on the 1st at 02:00 is the same slot every month. A ring of ``keep + 1`` cycles:
+    entry ``c % (keep + 1)`` holds cycle ``c``'s maximum. Neighbouring slots are consulted too (timing
+    jitter), with the cycle shifted where the neighbour wraps around the cycle's edge.
+    """
+
+    __slots__ = ("monthly", "nslot", "keep", "cyc", "top", "m0", "m1", "mc")
+
+    def __init__(self, monthly: bool, keep: int = 2):
+        self.monthly = monthly
+        self.nslot = 31 * 24 if monthly else int(_WEEK // _WEEK_SLOT)
+        self.keep = keep
+        n = (keep + 1) * self.nslot
+        self.cyc = [-1] * n
+        self.top = [0.0] * n
+        self.m0 = self.m1 = 0.0          # current month [start, end) in epoch seconds, and its index
+        self.mc = -1
+
+    def _where(self, t: float) -> tuple[int, int]:
+        if not self.monthly:
+            return int(t // _WEEK), int((t % _WEEK) // _WEEK_SLOT)
+        if not (self.m0 <= t < self.m1):
+            d = _EPOCH + _dt.timedelta(seconds=t)
+            y, m = d.year, d.month
+            start = _dt.datetime(y, m, 1)
+            end = _dt.datetime(y + (m == 12), m % 12 + 1, 1)
+            self.m0, self.m1 = (start - _EPOCH).total_seconds(), (end - _EPOCH).total_seconds()
+            self.mc = y * 12 + m - 1
+        return self.mc, int((t - self.m0) // 3600.0)
+
+    def seen(self, t: float) -> float | None:
+        """Largest value at this slot (+- 1) in the previous ``keep`` cycles, None when never seen."""
+        c, s = self._where(t)
+        ns, r = self.nslot, self.keep + 1
+        best = None
+        cyc, top = self.cyc, self.top
+        for j, shift in ((s - 1, -1 if s == 0 else 0), (s, 0), (s + 1, 1 if s + 1 == ns else 0)):
+            j %= ns
+            lo, hi = c + shift - self.keep, c + shift - 1
+            for q in range(r):
+                i = q * ns + j
+                ci = cyc[i]
+                if lo <= ci <= hi and (best is None or top[i] > best):
+                    best = top[i]
+        return best
+
+    def learn(self, t: float, x: float) -> None:
+        c, s = self._where(t)
+        i = (c % (self.keep + 1)) * self.nslot + s
+        if self.cyc[i] != c:
+            self.cyc[i] = c
+            self.top[i] = x
+        elif x > self.top[i]:
+            self.top[i] = x
+
+    def size(self) -> int:
+        return 2 * len(self.cyc)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"monthly": self.monthly, "keep": self.keep, "cyc": list(self.cyc), "top": list(self.top)}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> "_Schedule":
+        sc = cls(bool(d["monthly"]), int(d["keep"]))
+        if len(d["cyc"]) != len(sc.cyc) or len(d["top"]) != len(sc.top):
+            raise ValueError("schedule state of the wrong size")
+        sc.cyc = [int(x) for x in d["cyc"]]
+        sc.top = [float(x) for x in d["top"]]
+        return sc
+
 
 def _epoch(ts: Any) -> float:
     if isinstance(ts, _dt.datetime):
@@ -352,6 +465,8 @@ class SpikeDetector:
         self._deltas: list[float] = []
         self._last_t: float | None = None
         self._daily: _DailyProfile | None = None
+        self._sched: list[_Schedule] = [_Schedule(False), _Schedule(True)] if cfg["schedules"] else []
+        self._sched_ratio = float(cfg["schedule_ratio"])
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -383,7 +498,44 @@ class SpikeDetector:
     def state_size(self) -> int:
         """Number of floats/slots held (for memory-bound checks): constant once the history is full."""
         d = self._daily.size() if self._daily is not None else len(self._deltas)
-        return self._vals.size() + self._diffs.size() + len(self._lag) + d
+        return self._vals.size() + self._diffs.size() + len(self._lag) + d + sum(c.size() for c in self._sched)
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything the detector knows, as plain JSON types (dicts, lists, numbers, None, bool).
+
+        ``SpikeDetector.from_state(json.loads(json.dumps(det.to_state())))`` continues exactly where
+        ``det`` stopped (tested). The configuration is part of the state."""
+        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.cfg.items()}
+        return {
+            "format": STATE_FORMAT, "cfg": cfg, "mk": list(self._mk), "n": self.n,
+            "vals": self._vals.to_state(), "diffs": self._diffs.to_state(),
+            "lag": list(self._lag), "lag_sum": self._lag_sum, "peak": self._peak, "t0": self._t0,
+            "var": self._var, "cov": self._cov, "prev": self._prev, "deltas": list(self._deltas),
+            "last_t": self._last_t, "daily": self._daily.to_state() if self._daily is not None else None,
+            "sched": [sc.to_state() for sc in self._sched],
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> "SpikeDetector":
+        if d.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a spike detector state (format {d.get('format')!r})")
+        cfg = {k: (tuple(v) if isinstance(DEFAULTS[k], tuple) else v) for k, v in d["cfg"].items() if k in DEFAULTS}
+        det = cls(**cfg)
+        det._mk = tuple(d["mk"])
+        det.n = int(d["n"])
+        det._vals = _Tail.from_state(d["vals"])
+        det._diffs = _Tail.from_state(d["diffs"])
+        det._lag = deque(float(x) for x in d["lag"])
+        det._lag_sum = float(d["lag_sum"])
+        det._peak = float(d["peak"])
+        det._t0 = None if d["t0"] is None else float(d["t0"])
+        det._var, det._cov = float(d["var"]), float(d["cov"])
+        det._prev = None if d["prev"] is None else float(d["prev"])
+        det._deltas = [float(x) for x in d["deltas"]]
+        det._last_t = None if d["last_t"] is None else float(d["last_t"])
+        det._daily = _DailyProfile.from_state(d["daily"]) if d["daily"] is not None else None
+        det._sched = [_Schedule.from_state(x) for x in d["sched"]]
+        return det
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -409,6 +561,26 @@ class SpikeDetector:
             return x >= hi + self._excess * (hi - med)
         lo = s[k - 1]
         return x <= lo - self._excess * (med - lo)
+
+    def _explained(self, t: float, x: float, baseline: float) -> float:
+        """Is a value this high explained by the weekly/monthly schedule (1) or not (0)?
+
+        ``seen`` is the largest value at this time of week (or of month, +- one slot) in the previous
+        cycles; it counts only if it was itself extreme (beyond the ``tail_k``-th largest remembered
+        value): a schedule is a recurring *surge*, ordinary highs are the daily profile's. A rise over the baseline up to ``schedule_ratio`` x that seen rise is the schedule
+        again (a blast's size varies from week to week); a larger one is a real surge at the scheduled
+        time and is scored as usual."""
+        seen = None
+        for sc in self._sched:
+            v = sc.seen(t)
+            if v is not None and (seen is None or v > seen):
+                seen = v
+        if seen is None or seen <= baseline:
+            return 0.0
+        srt, k = self._vals.srt, self._vals.k
+        if len(srt) >= 2 * k and seen < srt[len(srt) - k]:
+            return 0.0                   # what was seen there was ordinary (the daily profile's business)
+        return 1.0 if x - baseline <= self._sched_ratio * (seen - baseline) else 0.0
 
     def _evaluate(self, t: float, x: float, peek: bool = False):
         vals = self._vals
@@ -468,6 +640,11 @@ class SpikeDetector:
                     strength = ls
                     source = "daily"
                     direction = "up" if expected is not None and x >= expected else "down"
+        explained = 0.0
+        if self._sched and strength > 0.0 and baseline is not None and x > baseline:
+            explained = self._explained(t, x, baseline)
+            if explained > 0.0:
+                strength *= 1.0 - explained
         if self._young and strength != -math.inf:
             t0 = self._t0
             age = (t - t0) / self._young_s if t0 is not None and self._young_s > 0.0 else 1.0
@@ -499,6 +676,8 @@ class SpikeDetector:
             self._t0 = t
         self.n += 1
         self._peak = new_peak
+        for sc in self._sched:
+            sc.learn(t, x)
         self._vals.add(x)
         if d is not None:
             self._diffs.add(d)

@@ -7,6 +7,7 @@ counts, generated from fixed seeds so every assertion is about the detector, not
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import pickle
 import random
@@ -232,3 +233,78 @@ def test_update_speed_smoke():
     rate = len(series) / (time.perf_counter() - t0)
     print(f"SpikeDetector: {rate:,.0f} updates/s")
     assert det.n == len(series)
+
+
+# --- mail rhythms: weekly and monthly schedules -----------------------------------------------------
+
+WEEK = 7 * DAY
+
+
+def office(t: float, base: float = 40.0) -> float:
+    """Messages per minute of a business service: a daily rhythm on weekdays, a third of it at weekends
+    (T0 is a Monday)."""
+    weekend = ((t - T0) // DAY) % 7 >= 5
+    return rhythm(t, base) * (0.3 if weekend else 1.0)
+
+
+def test_weekly_blast_alerts_in_its_first_week_only_and_a_surge_elsewhere_still_alerts():
+    """A Tuesday 09:00 newsletter blast (10x the weekday peak for 5 minutes) on top of a weekday/weekend
+    shape: a known schedule once seen, so weeks 2 and 3 are silent; the same surge on a Wednesday
+    afternoon of week 3 is not on any schedule and alerts."""
+    rng = random.Random(130)
+    det = SpikeDetector()
+    blast = {T0 + w * WEEK + 1 * DAY + 9 * 3600 + m * MINUTE for w in range(3) for m in range(5)}
+    surge_at = T0 + 2 * WEEK + 2 * DAY + 14 * 3600
+    surge = {surge_at + m * MINUTE for m in range(5)}
+    alerts = []
+    for t in range(T0, T0 + 3 * WEEK, MINUTE):
+        lam = 10 * 1.7 * 40.0 if t in blast or t in surge else office(t)
+        r = det.update(t, poisson(rng, lam))
+        if r.alert and r.direction == "up":       # what pages (the engine's _is_spike is upward only)
+            alerts.append(t)
+    in_blast = lambda w: [t for t in alerts if T0 + w * WEEK + DAY + 9 * 3600 <= t < T0 + w * WEEK + DAY + 9 * 3600 + 5 * MINUTE]
+    assert len(in_blast(0)) >= 1            # the first blast is news (after warm-up: day 2 of the series)
+    assert in_blast(1) == [] and in_blast(2) == []
+    elsewhere = [t for t in alerts if t in surge]
+    assert elsewhere and elsewhere[0] == surge_at       # at once (and at most an escalation as it grows)
+    assert len(alerts) == len(in_blast(0)) + len(elsewhere)     # weekday/weekend shape: nothing else
+
+
+def test_monthly_run_stops_alerting_once_seen():
+    """An invoicing run on the 1st of each month, 02:00-02:30 (5-min buckets, 4x the busiest daytime bucket):
+    news in its first month, a schedule from the second; a run of the same size on the 20th alerts."""
+    rng = random.Random(140)
+    det = SpikeDetector()
+    runs = [1_796_083_200, 1_798_761_600, 1_801_440_000]   # Dec, Jan, Feb 1st 00:00 UTC
+    run_slots = {r + 2 * 3600 + k * 300 for r in runs for k in range(6)}
+    odd = 1_800_403_200 + 2 * 3600          # 2027-01-20 02:00 UTC, a Wednesday (no run on that weekday)
+    odd_slots = {odd + k * 300 for k in range(6)}
+    alerts = []
+    for t in range(T0, runs[-1] + 5 * DAY, 300):
+        lam = 12 * 5 * 24.0 if t in run_slots or t in odd_slots else 5 * rhythm(t, 40.0)
+        r = det.update(t, poisson(rng, lam))
+        if r.alert and r.direction == "up":
+            alerts.append(t)
+    per_run = [[t for t in alerts if r <= t < r + 3 * 3600] for r in runs]
+    assert per_run[0], "the first run is news"
+    assert per_run[1] == [] and per_run[2] == []
+    elsewhere = [t for t in alerts if t in odd_slots]
+    assert elsewhere and elsewhere[0] == odd
+    # Anything else is the Poisson tail of the rhythm itself: one bucket (395 where ~330 is usual, day 50)
+    # in these three months; docs/spike-detector.md lists this benign rate.
+    assert len(alerts) - len(per_run[0]) - len(elsewhere) <= 1
+
+
+def test_state_is_plain_json_and_resumes_exactly():
+    """to_state()/from_state(): the versioned non-pickle checkpoint format (issue 17) needs plain JSON."""
+    series = [(t, poisson(random.Random(t), office(t))) for t in range(T0, T0 + 9 * DAY, 5 * MINUTE)]
+    series[2000] = (series[2000][0], 3000)
+    a = [r.as_dict() for r in feed(SpikeDetector(), series)]
+    for cut in (100, 1500):                 # during warm-up (no daily profile yet) and long after it
+        det = SpikeDetector()
+        feed(det, series[:cut])
+        text = json.dumps(det.to_state(), allow_nan=False)
+        det = SpikeDetector.from_state(json.loads(text))
+        assert [r.as_dict() for r in feed(det, series[cut:])] == a[cut:]
+    with pytest.raises(ValueError, match="format"):
+        SpikeDetector.from_state({"format": "something/9"})
