@@ -71,9 +71,9 @@ def resolve(rows: list[dict], addresses: Iterable[str], hashers: list[AddressHas
     for a in addresses:
         norm = a.strip().lower()
         for hasher in hashers:
-            h = hasher.hash(norm)
-            if h in wanted:
-                found[h] = norm
+            for h in hasher.hash_versions(norm):      # every address-normalisation version (issue 14)
+                if h in wanted:
+                    found[h] = norm
     for r in rows:
         r["address"] = found.get(r["address_hash"], "")
     return len(found)

@@ -98,11 +98,13 @@ class KeyRing:
         return self.ids[1:]
 
     def hashes(self, addr: str) -> list[tuple[str, str]]:
-        """``[(key_id, hash)]`` of one address under every key, current first."""
-        return [(h.key_id, h.hash(addr)) for h in self.hashers]
+        """``[(key_id, hash)]`` of one address under every key and every address-normalisation
+        version (``privacy.NORMALISATION_VERSIONS``), current first; a key appears more than once
+        only for an address the versions normalise differently (non-ASCII)."""
+        return [(h.key_id, x) for h in self.hashers for x in h.hash_versions(addr)]
 
     def all_hashes(self, addr: str) -> list[str]:
-        return [h.hash(addr) for h in self.hashers]
+        return [x for h in self.hashers for x in h.hash_versions(addr)]
 
     def __repr__(self) -> str:
         return f"KeyRing(ids={self.ids!r})"

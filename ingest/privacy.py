@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import unicodedata
 
 from .addresses import _split_run_together
 
@@ -53,6 +54,83 @@ def normalise_address(addr: str) -> str:
     while a.endswith(".") and "@" in a:          # root dot of the domain
         a = _EDGES_RX.sub("", a[:-1])
     return a
+
+
+# Normalisation versions (issue 14, finding 7). Version 1 only lowercased, so `user@bücher.de` and
+# `user@xn--bcher-kva.de`, or a composed and a decomposed `é` in a local part, hashed differently and
+# a search or `forget` for one form missed the other. Version 2 also brings the local part to Unicode
+# NFC and each domain label to its IDNA ASCII form (punycode). New rows are hashed with the current
+# version; every lookup (search, `forget`, exposure) hashes with every version, as with old keys,
+# so rows written before the change are still found. For ASCII addresses both versions agree.
+CURRENT_NORMALISATION = 2
+NORMALISATION_VERSIONS = (2, 1)          # current first
+
+
+def _idna_label(label: str) -> str:
+    if label.isascii():
+        return label
+    try:
+        return label.encode("idna").decode("ascii")
+    except (UnicodeError, ValueError):
+        return label                     # not a valid IDN label: keep it as written
+
+
+def normalise_address_v2(addr: str) -> str:
+    """Version 2: version 1, then NFC for the local part and IDNA (punycode) for the domain."""
+    a = normalise_address(addr)
+    if a.isascii():
+        return a
+    at = a.rfind("@")
+    local, domain = (a[:at], a[at + 1:]) if at >= 0 else (a, "")
+    local = unicodedata.normalize("NFC", local)
+    if at < 0:
+        return local
+    domain = unicodedata.normalize("NFC", domain)
+    domain = ".".join(_idna_label(lbl) for lbl in domain.split(".")).lower()
+    return f"{local}@{domain}"
+
+
+_NORMALISERS = {1: normalise_address, 2: normalise_address_v2}
+
+
+def _unicode_label(label: str) -> str:
+    if not label.startswith("xn--"):
+        return label
+    try:
+        return label.encode("ascii").decode("idna")
+    except (UnicodeError, ValueError):
+        return label
+
+
+def v1_spellings(addr: str) -> list[str]:
+    """Every version-1 form a row may have been hashed from for this address: version 1 kept
+    whatever the mail carried, so the domain in Unicode or in punycode and the local part composed
+    (NFC) or decomposed (NFD). At most seven; one for an ASCII address."""
+    a = normalise_address(addr)
+    out = [a]
+    if a.isascii() and "xn--" not in a:
+        return out
+    at = a.rfind("@")
+    local, domain = (a[:at], a[at + 1:]) if at >= 0 else (a, None)
+    if domain is None:
+        forms = [(unicodedata.normalize(f, local), None) for f in ("NFC", "NFD")]
+    else:
+        puny = normalise_address_v2("x@" + domain)[2:]
+        uni = ".".join(_unicode_label(lbl) for lbl in puny.split("."))
+        domains = (uni, unicodedata.normalize("NFD", uni), puny)
+        forms = [(unicodedata.normalize(f, local), d) for f in ("NFC", "NFD") for d in domains]
+    for lp, d in forms:
+        s = lp if d is None else f"{lp}@{d}"
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def normaliser(version: int):
+    try:
+        return _NORMALISERS[int(version)]
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(f"unknown address normalisation version {version!r}") from None
 
 
 def domain_of(addr: str) -> str:
@@ -114,13 +192,16 @@ class AddressHasher:
     memory without the bookkeeping of a true LRU.
     """
 
-    __slots__ = ("key_id", "_key", "_cache", "_cache_max")
+    __slots__ = ("key_id", "_key", "_cache", "_cache_max", "normalisation", "_norm")
 
-    def __init__(self, key: bytes, key_id: str = "k1", cache_max: int = CACHE_MAX):
+    def __init__(self, key: bytes, key_id: str = "k1", cache_max: int = CACHE_MAX,
+                 normalisation: int = CURRENT_NORMALISATION):
         self._key = _check_key(key)
         self.key_id = key_id
         self._cache: dict[str, str] = {}
         self._cache_max = max(1, int(cache_max))
+        self.normalisation = int(normalisation)
+        self._norm = normaliser(normalisation)
 
     def __repr__(self) -> str:               # never show the key
         return f"AddressHasher(key_id={self.key_id!r})"
@@ -129,7 +210,7 @@ class AddressHasher:
         h = self._cache.get(addr)
         if h is not None:
             return h
-        h = _mac(self._key, _utf8(normalise_address(addr)))
+        h = _mac(self._key, _utf8(self._norm(addr)))
         cache = self._cache
         if len(cache) >= self._cache_max:
             cache.clear()
@@ -142,6 +223,18 @@ class AddressHasher:
         for a in addrs:
             h = get(a)
             out.append(h if h is not None else self.hash(a))
+        return out
+
+    def hash_versions(self, addr: str) -> list[str]:
+        """The address's hash under every normalisation version, current first, without repeats:
+        what a lookup must try so that rows hashed before a normalisation change are found."""
+        out = [self.hash(addr)]
+        forms = [normalise_address_v2(addr)] if self.normalisation != 2 else []
+        forms += v1_spellings(addr)
+        for form in forms:
+            h = _mac(self._key, _utf8(form))
+            if h not in out:
+                out.append(h)
         return out
 
     def hash_text(self, text: str) -> str:
