@@ -56,20 +56,38 @@ ORG = "org"
 EXTERNAL = "external"
 
 
+_CLASS: dict[str, tuple[str, bool]] = {}     # domain -> (registrable domain, consumer): few distinct domains
+_CLASS_MAX = 50_000
+
+
+def classify(domain: str) -> tuple[str, bool]:
+    """``(org_domain(domain), is_consumer(domain))``, cached: the disclosure path asks for every visible
+    address, and a service's traffic has few distinct domains."""
+    c = _CLASS.get(domain)
+    if c is None:
+        od = _org_domain(domain)
+        c = (od, domain in CONSUMER_DOMAINS or od in CONSUMER_DOMAINS or od.split(".", 1)[0] in CONSUMER_BRANDS)
+        if len(_CLASS) >= _CLASS_MAX:
+            _CLASS.clear()
+        _CLASS[domain] = c
+    return c
+
+
 def org_domain(domain: str) -> str:
+    return classify(domain)[0]
+
+
+def is_consumer(domain: str) -> bool:
+    return classify(domain)[1]
+
+
+def _org_domain(domain: str) -> str:
     """The registrable domain, approximated without a public-suffix list: the last two labels, or
     three under a two-letter country code with a generic second level (``co.uk``, ``com.au``)."""
     labels = domain.rstrip(".").split(".")
     if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
         return ".".join(labels[-3:])
     return ".".join(labels[-2:])
-
-
-def is_consumer(domain: str) -> bool:
-    if domain in CONSUMER_DOMAINS:
-        return True
-    od = org_domain(domain)
-    return od in CONSUMER_DOMAINS or od.split(".", 1)[0] in CONSUMER_BRANDS
 
 
 def _under(domain: str, roots: frozenset[str]) -> bool:
@@ -96,6 +114,7 @@ class OrgModel:
         self.bind(org_domains, role_addresses, learn_copies, role_max)
         self.own: dict[str, None] = {}                  # registrable domains of the service's From addresses
         self.learned: dict[int, None] = {}
+        self._last_from: tuple[str, ...] | None = None
         self.candidates: dict[str, list] = {}           # "scope\x00id" -> [distinct envelope ids (list)]
 
     def bind(self, org_domains: Iterable[str], role_addresses: Iterable[str], learn_copies: int,
@@ -112,11 +131,13 @@ class OrgModel:
         """Remember the service's own domains, from its From addresses (consumer providers excepted: a
         service that sends from a gmail address does not make gmail its domain). A past From address
         is not "us" by itself: a relay for staff mail has people in From."""
+        if addresses is self._last_from:
+            return                      # the parser hands out the same tuple for the same header value
+        self._last_from = addresses
         for a in addresses:
-            dom = a.rpartition("@")[2]
-            if is_consumer(dom):
+            od, consumer = classify(a.rpartition("@")[2])
+            if consumer:
                 continue
-            od = org_domain(dom)
             if od not in self.own and len(self.own) < self.MAX_OWN:
                 self.own[od] = None
 
@@ -132,7 +153,10 @@ class OrgModel:
         """At one of the service's own domains (From or configured), and not a consumer provider."""
         if self.org_domains and _under(domain, self.org_domains):
             return True
-        return bool(self.own) and org_domain(domain) in self.own and not is_consumer(domain)
+        if not self.own:
+            return False
+        od, consumer = classify(domain)
+        return od in self.own and not consumer
 
     def side(self, addr: str, ident, from_: tuple[str, ...] = ()) -> str:
         return ORG if self.is_org(addr, ident, from_) else EXTERNAL

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mailaudit.config import DisclosureRules
-from mailaudit.detect.org import OrgModel, is_consumer, org_domain
+from mailaudit.detect.org import OrgModel, classify
 from mailaudit.ingest.parsed import ParsedEvent
 
 FIRE = "fire"        # alert now, on this copy
@@ -121,18 +121,20 @@ def disclosure_signals(
     people = own_customers = 0
     orgs: set[str] = set()
     own_seen = False
+    own_check = org is not None and bool(org.own or org.org_domains)
     for a in visible:
         if a in ours:
             continue
         dom = a.rpartition("@")[2]
-        if is_consumer(dom):
+        od, consumer = classify(dom)
+        if consumer:
             people += 1
-        elif org is not None and org.is_own_domain(dom):
+        elif own_check and org.is_own_domain(dom):
             own_seen = True
             if a in envelope:
                 own_customers += 1
         else:
-            orgs.add(org_domain(dom))
+            orgs.add(od)
     parties = people + len(orgs) + own_seen
     campaign_parties = people + len(orgs) + max(own_customers, own_seen)
 
