@@ -79,7 +79,7 @@ def test_bench_detection_tiny_is_well_formed():
 
     names = ["concatenated_to_2019", "mail_merge_cc_next_customer", "undisclosed_recipients_group",
              "reply_all_thread", "announcement_own_list_and_support_cc", "volume_surge_at_night"]
-    r = bench_detection(scale=0.05, patterns=names)
+    r = bench_detection(scale=0.05, patterns=names, throughput=False)
     assert r["patterns"] == len(names) and r["events"] > 0
     rows = {p["pattern"]: p for p in r["per_pattern"]}
     assert set(rows) == set(names)
@@ -116,3 +116,6 @@ def test_bench_detection_cli_json(tmp_path):
     assert list(doc["halves"]) == ["test"]
     assert sorted(p["pattern"] for p in doc["per_pattern"]) == sorted(split["test"])
     assert doc["halves"]["test"]["label"] == "team-built held-out"
+    cli = doc["cli_backtest"]                          # the whole half as one file through `mailaudit backtest`
+    assert cli["events"] == doc["events"] and cli["events_per_s"] > 0
+    assert cli["identical_output_across_runs"]
