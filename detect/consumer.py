@@ -109,7 +109,8 @@ class DetectConsumer:
         self.stop_event = stop_event or threading.Event()
         self.commit_interval_s = commit_interval_s
         self.stats = DetectStats()
-        self.store = CheckpointStore(self.db, group, self.dir)
+        # Its own connection: a ClickHouse client is not thread-safe and the sink thread uses self.db.
+        self.store = CheckpointStore(Database(cfg.clickhouse), group, self.dir)
         self._positions: dict[tuple[str, int], int] = {}
         self._checkpoint_positions: dict[tuple[str, int], int] = {}
         self._dirty: set[tuple[str, int]] = set()         # emitted records since its last checkpoint
