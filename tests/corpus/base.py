@@ -71,6 +71,7 @@ class Pattern:
     cls: str                      # "benign" or a key of LEAK_CLASSES
     fn: Callable[["Gen", float], None]
     seed: int
+    batch: int = 1                # patterns are split batch by batch: a later batch never moves an earlier one
 
     @property
     def deadline(self) -> str | float | None:
@@ -226,8 +227,9 @@ def per_recipient_blast(g: Gen, service: str, sender: str, start_ms: int, recipi
 REGISTRY: dict[str, Pattern] = {}
 
 
-def pattern(cls: str, seed: int = 0):
-    """Register a generator under its function name with its class (``benign`` or a leak class)."""
+def pattern(cls: str, seed: int = 0, batch: int = 1):
+    """Register a generator under its function name with its class (``benign`` or a leak class) and the
+    batch it was added in (the split is made per batch, see ``corpus.make_split``)."""
     if cls not in CLASSES:
         raise ValueError(f"unknown class {cls!r}")
 
@@ -236,6 +238,6 @@ def pattern(cls: str, seed: int = 0):
             raise ValueError(f"pattern {fn.__name__} needs a docstring naming the practice and its source")
         if fn.__name__ in REGISTRY:
             raise ValueError(f"duplicate pattern {fn.__name__}")
-        REGISTRY[fn.__name__] = Pattern(fn.__name__, cls, fn, seed)
+        REGISTRY[fn.__name__] = Pattern(fn.__name__, cls, fn, seed, batch)
         return fn
     return wrap
