@@ -138,3 +138,13 @@ def test_bench_detection_cli_json(tmp_path):
     cli = doc["cli_backtest"]                          # the whole half as one file through `mailaudit backtest`
     assert cli["events"] == doc["events"] and cli["events_per_s"] > 0
     assert cli["identical_output_across_runs"]
+
+
+def test_readme_lists_every_pattern_with_its_half():
+    from pathlib import Path
+
+    text = (Path(corpus.__file__).parent / "README.md").read_text()
+    split = corpus.load_split()
+    for n, p in corpus.PATTERNS.items():
+        half = "tune" if n in split["tune"] else "test"
+        assert f"| `{n}` | {p.cls} |" in text and f"| {half} | {p.batch} |" in text.split(f"`{n}`")[1].split("\n")[0], n
