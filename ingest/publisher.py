@@ -213,6 +213,73 @@ def event_from_message(
 _STOP = object()
 
 
+# The largest event the pipeline carries (issue 14, finding 9). kafka-python's default request limit
+# (1 MiB) made a To/Cc list over ~1 MB -- the mass-disclosure case itself -- fail to publish, and the
+# milter failed open. The producer's ``max_request_size`` and the topic's ``max.message.bytes``
+# (set by ``migrate``, ``ingest/topics.py``) are raised together to this plus headroom; it equals
+# ``ingest.max_record_bytes``' default, above which the consumer rejects a record. An event larger
+# than this is cut to fit by ``fit_event`` (address lists cut at an address boundary, flagged), so
+# the detector still sees the thousands of addresses it does carry. Brokers have their own cap,
+# ``message.max.bytes`` (default ~1 MB): raise it to ``KAFKA_HEADROOM_BYTES + MAX_EVENT_BYTES`` too
+# (docs/operations.md), or topic-level settings above it are refused for the whole request.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+KAFKA_HEADROOM_BYTES = 64 * 1024
+MAX_REQUEST_BYTES = MAX_EVENT_BYTES + KAFKA_HEADROOM_BYTES
+TRUNCATED_FIELD = "mailaudit_truncated"
+
+
+def _cut_list_text(text: str, keep: int) -> str:
+    """The first ``keep`` characters of a header value, cut after the last complete address."""
+    if len(text) <= keep:
+        return text
+    cut = text.rfind(",", 0, keep)
+    return text[:cut] if cut > 0 else ""
+
+
+def fit_event(event: Event, limit: int = MAX_EVENT_BYTES) -> Event:
+    """``event`` if it encodes within ``limit`` bytes; otherwise a copy whose largest text fields
+    (To, Cc, Bcc, envelope, subject, extra values) are halved until it fits, each cut at an address
+    boundary, with ``extra["mailaudit_truncated"]`` = {field: original length}. Never raises for size."""
+    import dataclasses
+
+    if len(event.encode()) <= limit:
+        return event
+    cur = dataclasses.replace(event, extra=dict(event.extra), envelope_to=list(event.envelope_to))
+    originals: dict[str, int] = {}
+    for _ in range(200):
+        size = len(cur.encode())
+        if size <= limit:
+            break
+        sizes = {"to": len(cur.to), "cc": len(cur.cc or ""), "bcc": len(cur.bcc or ""),
+                 "subject": len(cur.subject or ""), "from": len(cur.from_),
+                 "envelope_to": sum(len(a) + 4 for a in cur.envelope_to)}
+        for k, v in cur.extra.items():
+            if k != TRUNCATED_FIELD:
+                sizes[f"extra.{k}"] = len(json.dumps(v, ensure_ascii=False))
+        name = max(sizes, key=sizes.get)
+        if sizes[name] == 0:
+            break
+        keep = max(0, sizes[name] - max((size - limit) + 1024, sizes[name] // 2))
+        originals.setdefault(name, sizes[name])
+        if name in ("to", "cc", "bcc"):
+            attr = name
+            setattr(cur, attr, _cut_list_text(getattr(cur, attr) or "", keep))
+        elif name == "envelope_to":
+            n, total = 0, 0
+            while n < len(cur.envelope_to) and total + len(cur.envelope_to[n]) + 4 <= keep:
+                total += len(cur.envelope_to[n]) + 4
+                n += 1
+            cur.envelope_to = cur.envelope_to[:max(1, n) if keep else 0] if n else cur.envelope_to[:0]
+        elif name == "subject":
+            cur.subject = (cur.subject or "")[:keep]
+        elif name == "from":
+            cur.from_ = cur.from_[:keep]
+        else:
+            cur.extra.pop(name[len("extra."):], None)
+        cur.extra[TRUNCATED_FIELD] = dict(originals)
+    return cur
+
+
 class Publisher:
     """Asynchronous, bounded, never-blocking publisher of wire v1 events (see the module docstring)."""
 
@@ -264,6 +331,7 @@ class Publisher:
             "request_timeout_ms": request_timeout,
             "max_block_ms": min(10000, delivery_timeout_ms),
             "reconnect_backoff_max_ms": 2000,
+            "max_request_size": MAX_REQUEST_BYTES,
             **(producer_overrides or {}),
         }
         self._producer = None
@@ -362,6 +430,9 @@ class Publisher:
 
     def _enqueue(self, event: Event) -> str | None:
         value = event.encode()
+        if len(value) > MAX_EVENT_BYTES:
+            event = fit_event(event)
+            value = event.encode()
         acquired = self._slots.acquire(timeout=self.max_block_ms / 1000) if self.max_block_ms else self._slots.acquire(False)
         if not acquired:
             if self.on_full == "drop":

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from mailaudit.config import KafkaConfig
 from mailaudit.ingest.kafka_io import ensure_topics
+from mailaudit.ingest.publisher import MAX_REQUEST_BYTES
 
 
 def topic_specs(k: KafkaConfig) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
     partitions = {k.topic_events: k.partitions, k.topic_dlq: 1, k.topic_alerts: 1, k.topic_control: 1}
+    # Events up to the publisher's limit (a To list of ~100k addresses): the topic must take what the
+    # producer sends (issue 14, finding 9); the broker's message.max.bytes must be at least this too.
+    big = {"max.message.bytes": str(MAX_REQUEST_BYTES)}
     configs = {
+        k.topic_events: dict(big),
         # Raw bytes of malformed events may hold personal data: keep them briefly (documented).
-        k.topic_dlq: {"retention.ms": str(k.dlq_retention_ms)},
+        k.topic_dlq: {"retention.ms": str(k.dlq_retention_ms), **big},
         # Latest hold/release per key (the JSON array [service, campaign]) is the state; older ones can go.
         k.topic_control: {"cleanup.policy": "compact"},
     }

@@ -45,8 +45,10 @@ def run(args, cfg) -> int:
     except OSError as e:
         raise UserError(f"cannot read {args.file}: {e.strerror}") from None
     try:
+        from mailaudit.ingest.publisher import MAX_REQUEST_BYTES   # large events too (issue 14, #9)
+
         producer = make_producer(cfg.kafka, linger_ms=20, batch_size=256 * 1024, bootstrap_timeout_ms=5000,
-                                 max_block_ms=int(args.timeout * 1000))
+                                 max_block_ms=int(args.timeout * 1000), max_request_size=MAX_REQUEST_BYTES)
     except KafkaError as e:
         src.close()
         raise UserError(f"cannot reach Kafka at {cfg.kafka.bootstrap} ({e}); start the local stack "
