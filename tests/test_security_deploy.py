@@ -90,3 +90,8 @@ def test_init_script_sets_each_users_password_hash(tmp_path):
     (tmp_path / "clickhouse_detect_password").unlink()
     r = subprocess.run(["bash", str(INIT / "10-mailaudit-users.sh")], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "clickhouse_detect_password" in r.stderr and r.stdout == ""
+
+
+def test_broker_takes_the_largest_event_the_publisher_sends(compose):
+    from mailaudit.ingest.publisher import MAX_REQUEST_BYTES
+    assert int(_env(compose["services"]["kafka"])["KAFKA_MESSAGE_MAX_BYTES"]) >= MAX_REQUEST_BYTES
