@@ -207,15 +207,16 @@ class DetectConsumer:
             out.setdefault((r["p"][0], int(r["p"][1])), []).append(r)
         return out
 
-    def checkpoint_and_commit(self) -> None:
-        """Each changed partition's state + position + undelivered records to the store, then Kafka."""
+    def checkpoint_and_commit(self, force: bool = False) -> None:
+        """Each changed partition's (``force``: every partition's) state + position + undelivered
+        records to the store, then the offsets to Kafka."""
         self._last_commit = time.monotonic()
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         with self._rebalance_lock:
             pending = self._to_restore | self._revoked_tps
         todo = [k for k, pos in sorted(self._positions.items())
                 if k in assigned and k not in pending
-                and (pos != self._checkpoint_positions.get(k) or k in self._dirty)]
+                and (force or pos != self._checkpoint_positions.get(k) or k in self._dirty)]
         if not todo:
             return
         undelivered = self._undelivered()
@@ -259,7 +260,9 @@ class DetectConsumer:
         try:
             while not self.stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
                 self.poll_once()
-            self.checkpoint_and_commit()
+            # A clean stop: deliver what can be delivered, then hand over only what is still pending.
+            self.drain_sinks(5.0)
+            self.checkpoint_and_commit(force=True)
         finally:
             self.close()
         return self.stats

@@ -135,3 +135,94 @@ def test_survivor_takes_over_a_killed_replica_alerts_equal_the_backtest(make_cfg
     assert incidents == expected_incidents
     kafka_ids = {json.loads(r.value)["alert_id"] for r in _read_all(cfg, cfg.kafka.topic_alerts, len(expected_ids))}
     assert kafka_ids == expected_ids
+
+
+class _Webhook:
+    """A loopback webhook receiver that refuses (503) until told to accept, and records alert ids."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        owner = self
+        self.accept = False
+        self.ids: list[str] = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if not owner.accept:
+                    self.send_response(503)
+                else:
+                    owner.ids.append(json.loads(body)["alert_id"])
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_undelivered_alerts_are_handed_over_with_the_checkpoint(make_cfg, tmp_path):
+    """A replica whose webhook is down leaves; the next owner of its partitions delivers what it had
+    not delivered, to that sink only, from the checkpoint (its own disk is not shared)."""
+    import threading
+
+    from mailaudit.detect.consumer import DetectConsumer
+
+    hook = _Webhook()
+    cfg = make_cfg()
+    cfg.webhook.url = hook.url
+    create_topics(cfg.kafka)
+    db = Database(cfg.clickhouse)
+    migrate(db)
+    events = list(Simulator(seed=5, rate=20.0).events(300, incident=["bcc_left", "concatenated_to"], incident_at_s=100))
+    expected_ids, _ = _expected(cfg, events)
+    assert len(expected_ids) >= 4
+    ends = _publish(cfg, events)
+
+    def run(state_dir):
+        c = copy.deepcopy(cfg)
+        c.state_dir = str(state_dir)
+        d = DetectConsumer(c, commit_interval_s=0.3)
+        for w in d.workers:
+            w.max_s = 0.5
+        t = threading.Thread(target=d.run, daemon=True)
+        t.start()
+        return d, t
+
+    try:
+        a, ta = run(tmp_path / "a")
+        wait_until(lambda: a.stats.events == len(events) and a.stats.alerts >= len(expected_ids), 90,
+                   what="replica A read everything and raised the alerts")
+        hooked = next(w for w in a.workers if w.sink.name == "webhook")
+        wait_until(lambda: hooked.failures >= 1, 30, what="the webhook refusing")
+        assert all(w.drain(30) for w in a.workers if w.sink.name != "webhook")
+        a.stop_event.set()                                   # A leaves; its webhook backlog stays on its disk
+        ta.join(60)
+        assert not ta.is_alive()
+        assert hook.ids == []
+        hook.accept = True
+        b, tb = run(tmp_path / "b")                           # another host: an empty state dir
+        try:
+            wait_until(lambda: set(hook.ids) >= expected_ids, 60, what="the handed-over alerts at the webhook")
+            # Nothing was re-read: B restored every partition at its end and delivered from the checkpoint.
+            assert {k[1]: pos for k, pos in b.restored.items()} == ends
+            assert b.stats.events == 0
+        finally:
+            b.stop_event.set()
+            tb.join(60)
+    finally:
+        hook.close()
+    assert set(hook.ids) == expected_ids
+    # The handed-over records named only the sink that still needed them: Kafka got each alert once.
+    kafka_ids = [json.loads(r.value)["alert_id"] for r in _read_all(cfg, cfg.kafka.topic_alerts, len(expected_ids) + 1,
+                                                                     timeout_s=5)]
+    assert sorted(kafka_ids) == sorted(expected_ids)
