@@ -378,7 +378,7 @@ class DetectionEngine:
                 self._slip_candidate(svc, meta, sig, ps)
             return
         own_only = len(sig.strangers) <= r.role_max and all(
-            org.is_own_domain(a.rpartition("@")[2]) for a in sig.strangers)
+            org.learnable(a) for a in sig.strangers)
         if r.repeat_copies and meta.campaign and sig.fingerprint and not (own_only and r.role_learn_copies):
             # One visible list on several distinct messages of a campaign is a template bug, not a thread
             # (unless the list is the service's own addresses, which role learning is about to settle).

@@ -14,7 +14,8 @@ visible address is put on one of two sides:
   sender's domain" alone never makes an address "us".
 
 **Learning.** An address at one of the service's own domains (the registrable domain of a From
-address it used, or an ``org_domains`` entry — never a consumer provider) that a campaign shows as a
+address it used, or an ``org_domains`` entry — never a consumer provider), or a role mailbox name
+(RFC 2142: support@, info@, list@, ...) at a non-consumer domain, that a campaign shows as a
 non-recipient on copies to ``role_learn_copies`` different envelopes is learned as a role/list
 address. Only copies that show at most ``role_max`` such non-recipients teach: a role pattern shows
 one or two (list + support), a leaked customer list shows many. A customer shown on the copy of the
@@ -48,6 +49,16 @@ bigpond.com optusnet.com.au shaw.ca rogers.com bell.net sympatico.ca videotron.c
 uol.com.br bol.com.br terra.com.br ig.com.br
 """.split())
 CONSUMER_BRANDS = frozenset(("yahoo", "hotmail", "outlook", "live", "gmx", "yandex", "aol", "gmail"))
+
+# Role mailbox names (RFC 2142 "Mailbox names for common services, roles and functions", plus the
+# list/no-reply/support names bulk senders use). Such an address is a function, not a person, so it
+# may be learned as the sender's role address even when it sits at another of the sender's domains
+# (a brand domain next to the ESP domain in From) — never at a consumer provider.
+ROLE_LOCALS = frozenset("""
+postmaster abuse hostmaster webmaster noc security info marketing sales support billing accounts
+noreply no-reply donotreply do-not-reply news newsletter list lists announce announcements customers
+members help helpdesk service customerservice contact hello team office admin notifications
+""".split())
 
 # Second-level labels under which registrations happen one level deeper (example.co.uk, x.com.au).
 _SECOND_LEVEL = frozenset(("co", "com", "net", "org", "ac", "gov", "edu", "ne", "or", "go", "gob", "nic", "mil"))
@@ -158,6 +169,14 @@ class OrgModel:
         od, consumer = classify(domain)
         return od in self.own and not consumer
 
+    def learnable(self, addr: str) -> bool:
+        """May become a learned role address: at one of the service's own domains, or a role mailbox
+        name (RFC 2142) at any non-consumer domain."""
+        local, _, dom = addr.rpartition("@")
+        if self.is_own_domain(dom):
+            return True
+        return local in ROLE_LOCALS and not classify(dom)[1]
+
     def side(self, addr: str, ident, from_: tuple[str, ...] = ()) -> str:
         return ORG if self.is_org(addr, ident, from_) else EXTERNAL
 
@@ -171,7 +190,7 @@ class OrgModel:
         learned = []
         env = ident(envelope[0])
         for a in strangers:
-            if not self.is_own_domain(a.rpartition("@")[2]):
+            if not self.learnable(a):
                 continue
             i = ident(a)
             if i in self.learned:

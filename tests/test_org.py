@@ -302,3 +302,22 @@ def test_any_events_leave_the_engine_running_with_org_and_slips(events):
     eng.advance(T0 + 10_000_000)
     eng.flush()
     json.dumps(eng.state_dict())
+
+
+def test_role_mailboxes_at_a_brand_domain_next_to_the_esp_domain_are_learned():
+    """From is the ESP-side domain, the list and support addresses sit at the brand's domain."""
+    eng = engine()
+    out = []
+    for i, c in enumerate(customers(100)):
+        out += eng.process(ev("Customers <customers@acme.example>", [c], cc="support@acme.example", t=i * 300,
+                              campaign="launch", from_="Acme <news@acme-mail.example>"))
+    assert out + eng.flush() == []
+
+
+def test_a_repeated_list_of_business_people_still_fires_as_a_template_bug():
+    eng = engine()
+    g = ["jane.roe@client-a.example", "max.muster@client-b.example"]
+    out = []
+    for i, c in enumerate(customers(3)):
+        out += eng.process(ev(", ".join(g), [c], t=i * 10, campaign="promo"))
+    assert [a.status for a in out] == ["open"] and out[0].evidence["repeated_on_messages"] == 3
