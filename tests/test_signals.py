@@ -166,3 +166,43 @@ def test_fingerprint_identifies_the_same_list_in_any_order():
     assert s1.fingerprint == s2.fingerprint
     assert s1.fingerprint != s3.fingerprint
     assert sig(ev("only@x.example", ["only@x.example"])).fingerprint is None
+
+
+# --- who is exposed: parties and the organisation's own addresses (issue 12) ------------------------
+
+def test_parties_count_people_at_consumer_providers_not_domains():
+    people = [f"p{i}@{('gmail.com', 'yahoo.com', 'hotmail.com')[i % 3]}" for i in range(40)]
+    s = sig(ev(", ".join(people), people))
+    assert s.domains == 3 and s.parties == 40
+    assert s.open_list and s.verdict == FIRE and s.kind == VISIBLE_DISCLOSURE and s.severity == "critical"
+
+
+def test_staff_of_a_few_organisations_are_a_few_parties():
+    staff = [f"s{i}@{d}" for d in ("corp.example", "labs.corp.example", "vendor.example") for i in range(30)]
+    s = sig(ev(", ".join(staff), staff))
+    assert s.parties == 2 and not s.open_list and s.verdict == BENIGN      # corp.example counted once
+
+
+def test_campaign_threshold_is_lower_than_the_any_mail_threshold():
+    four = ["a@gmail.com", "b@yahoo.com", "c@gmx.de", "d@web.de"]
+    assert sig(ev(", ".join(four), four, campaign="c")).verdict == FIRE
+    assert sig(ev(", ".join(four), four, template="share")).verdict == BENIGN
+    assert sig(ev(", ".join(four[:2]), four[:2], campaign="c")).verdict == BENIGN      # a household
+    off = DisclosureRules(campaign_list_parties=0, open_list_domains=0)
+    assert sig(ev(", ".join(four), four, campaign="c"), off).verdict == BENIGN
+
+
+def test_the_copys_own_from_address_is_never_a_stranger_nor_a_bcc_disclosure():
+    e = ev("noreply@acme.example, c@gmail.com", ["c@gmail.com"], bcc="noreply@acme.example")
+    s = sig(e)
+    assert s.org == ("noreply@acme.example",) and s.strangers == () and s.bcc_exposed == ()
+    assert s.all_strangers == 1 and s.verdict == BENIGN
+
+
+def test_configured_roles_and_org_domains_leave_the_strangers():
+    from mailaudit.detect.org import OrgModel
+    org = OrgModel(org_domains=["acme.example"], role_addresses=["list@partner.example"])
+    e = ev("list@partner.example", ["c@gmail.com"], cc="bob@staff.acme.example, eve@gmail.com")
+    s = disclosure_signals(parse_event(e), RULES, org=org, ident=hash)
+    assert set(s.org) == {"list@partner.example", "bob@staff.acme.example"}
+    assert s.strangers == ("eve@gmail.com",) and s.all_strangers == 3
