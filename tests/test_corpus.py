@@ -148,3 +148,27 @@ def test_readme_lists_every_pattern_with_its_half():
     for n, p in corpus.PATTERNS.items():
         half = "tune" if n in split["tune"] else "test"
         assert f"| `{n}` | {p.cls} |" in text and f"| {half} | {p.batch} |" in text.split(f"`{n}`")[1].split("\n")[0], n
+
+
+def test_bench_judges_history_alerts_and_first_copy():
+    """The judgement itself, on a stream built here: an unmarked leak in the history is a false alarm
+    on the history; the marked one later is caught on its first copy."""
+    from corpus.base import DAY_MS, HOUR_MS, T0_MS, Gen, Pattern, transactional
+
+    from mailaudit.bench.detection import run_pattern
+    from mailaudit.config import DetectConfig
+
+    def two_leaks(g: Gen, s: float) -> None:
+        """History with an unmarked concatenated To, then a marked one."""
+        sender = "Svc <info@svc.example>"
+        transactional(g, "svc", sender, T0_MS, 1.0, 200)
+        for at, leak in ((T0_MS + 12 * HOUR_MS, False), (T0_MS + DAY_MS + HOUR_MS, True)):
+            batch = g.people(80)
+            for i, r in enumerate(batch[:5]):
+                g.emit(at + i * 100, "svc", sender, ", ".join(batch), [r], campaign=f"c{int(leak)}", leak=leak)
+
+    r = run_pattern(Pattern("two_leaks", "visible_list", two_leaks, 0), DetectConfig(), 1.0)
+    assert r["history_alerts"] >= 1 and r["history_sample"]
+    assert r["caught"] and r["on_first_copy"] and r["in_time"] and r["delay_s"] == 0.0
+    assert r["copies_before_alert"] == 0
+    assert r["ok"] is False                            # in time, but it alerted on the history too
