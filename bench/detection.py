@@ -33,6 +33,7 @@ from typing import Any
 
 from mailaudit.config import DetectConfig
 from mailaudit.detect.backtest import run_backtest
+from mailaudit.ingest.wire import parse_time
 
 LABELS = {"tune": "tuning half (designs and thresholds are chosen on this half only)",
           "test": "team-built held-out"}
@@ -85,7 +86,6 @@ def run_pattern(p, cfg: DetectConfig, scale: float = 1.0, prepare=None) -> dict[
     if prepare is not None:
         cfg = prepare(p, stream, cfg)
     lines = [json.dumps(e, ensure_ascii=False, separators=(",", ":")).encode("utf-8") for e in events]
-    from mailaudit.ingest.wire import parse_time
     sent = [parse_time(e["sent_at"]) for e in events]
     clock, m = [], -(1 << 62)
     for t in sent:
@@ -118,8 +118,7 @@ def run_pattern(p, cfg: DetectConfig, scale: float = 1.0, prepare=None) -> dict[
         if i < first or a["status"] == "resolved":
             continue
         trig = by_id.get(a["trigger_event_id"])
-        if (trig is not None and events[trig]["event_id"] in stream.leak_ids) or \
-                (trig is not None and sent[trig] >= start_ms):
+        if trig is not None and (events[trig]["event_id"] in stream.leak_ids or sent[trig] >= start_ms):
             hits.append((i, a))
     out.update(leak_copies=len(stream.leak_ids), history_alerts=len(before),
                history_sample=[_brief(a, at(i)) for i, a in before[:3]], caught=bool(hits))
@@ -139,7 +138,9 @@ def run_pattern(p, cfg: DetectConfig, scale: float = 1.0, prepare=None) -> dict[
 
 
 def _brief(a: dict, clock_ms: int) -> dict:
-    return {"kind": a["kind"], "status": a["status"], "severity": a["severity"], "summary": a["summary"][:160]}
+    from mailaudit.ingest.wire import format_time
+    return {"kind": a["kind"], "status": a["status"], "severity": a["severity"], "emitted_at": format_time(clock_ms),
+            "summary": a["summary"][:160]}
 
 
 def _totals(rows: list[dict], label: str) -> dict[str, Any]:
