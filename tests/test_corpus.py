@@ -172,3 +172,15 @@ def test_bench_judges_history_alerts_and_first_copy():
     assert r["caught"] and r["on_first_copy"] and r["in_time"] and r["delay_s"] == 0.0
     assert r["copies_before_alert"] == 0
     assert r["ok"] is False                            # in time, but it alerted on the history too
+
+
+def test_patterns_are_pinned():
+    """A pattern's events never change once split (that would be tuning the data): digests at scale 0.1."""
+    import hashlib
+    from pathlib import Path
+
+    pinned = json.loads((Path(corpus.__file__).parent / "digests.json").read_text())
+    assert set(pinned) == set(corpus.PATTERNS)
+    for n, p in corpus.PATTERNS.items():
+        got = hashlib.sha256(json.dumps(p.generate(0.1).events, sort_keys=True, ensure_ascii=False).encode())
+        assert got.hexdigest()[:32] == pinned[n], n
