@@ -442,6 +442,8 @@ class DetectionEngine:
         campaign's pattern may (detect/slips.py). A stranger at the recipient's own organisation (a
         colleague) is not counted, unless it is the sender's own domain (an ISP's customers); a consumer
         mailbox is always a different person."""
+        if svc.slips.repeats_last(meta.scope, [self.book.id(a) for a in sig.strangers]):
+            return
         env_doms = {org_domain(a.rpartition("@")[2]) for a in ps.envelope}
         strangers = []
         for a in sig.strangers:

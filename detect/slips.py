@@ -34,10 +34,21 @@ class SlipTracker:
         if s is None:
             if len(self.scopes) >= MAX_SCOPES:
                 self.scopes.pop(next(iter(self.scopes)))
-            s = self.scopes[scope] = {"cand": [], "env": {}, "confirmed": [], "unfired": [], "armed_until": 0}
+            s = self.scopes[scope] = {"cand": [], "env": {}, "confirmed": [], "unfired": [], "armed_until": 0,
+                                      "last": []}
         else:
             self.scopes[scope] = self.scopes.pop(scope)       # most recent last
         return s
+
+    def repeats_last(self, scope: str, ids: list[int]) -> bool:
+        """The same strangers as the scope's previous candidate: a constant address on every copy (an
+        archive mailbox), which can never make a pattern of different people — skipped cheaply. Records
+        ``ids`` as the scope's last strangers otherwise."""
+        s = self._scope(scope)
+        if s["last"] == ids:
+            return True
+        s["last"] = ids
+        return False
 
     def add(self, scope: str, cand: list, ripe_ms: int) -> None:
         s = self._scope(scope)
@@ -47,24 +58,25 @@ class SlipTracker:
         env = s["env"]
         for i in cand[6]:
             env[i] = cand[0]
-        if len(env) > MAX_ENVELOPES:
-            for k in list(env)[: len(env) - MAX_ENVELOPES]:
-                del env[k]
+        if len(env) > MAX_ENVELOPES + MAX_ENVELOPES // 4:       # trimmed in bulk: amortised O(1)
+            s["env"] = dict(list(env.items())[-MAX_ENVELOPES:])
         self.due_ms = min(self.due_ms, ripe_ms)
 
     def take_ripe(self, clock_ms: int, wait_ms: int) -> list[tuple[str, list]]:
-        """Candidates whose group wait is over, oldest first; the rest stay."""
+        """Candidates whose group wait is over, oldest first. Candidates are kept in arrival order,
+        which is event-time order up to lateness, so each scope is taken from the front: O(ripe)."""
         out = []
         due = 1 << 62
         for scope, s in self.scopes.items():
-            keep = []
-            for c in s["cand"]:
-                if c[0] + wait_ms <= clock_ms:
-                    out.append((scope, c))
-                else:
-                    keep.append(c)
-                    due = min(due, c[0] + wait_ms)
-            s["cand"] = keep
+            cand = s["cand"]
+            k = 0
+            while k < len(cand) and cand[k][0] + wait_ms <= clock_ms:
+                out.append((scope, cand[k]))
+                k += 1
+            if k:
+                del cand[:k]
+            if cand:
+                due = min(due, cand[0][0] + wait_ms)
         self.due_ms = due
         out.sort(key=lambda x: (x[1][0], x[1][1]))
         return out
@@ -77,10 +89,14 @@ class SlipTracker:
     def confirm(self, scope: str, t_ms: int, addr_id: int, window_ms: int) -> int:
         """File one confirmed slip; return the distinct addresses confirmed within the window."""
         s = self._scope(scope)
-        conf = [c for c in s["confirmed"] if c[0] >= t_ms - window_ms]
+        conf = s["confirmed"]
+        k = 0
+        while k < len(conf) and (conf[k][0] < t_ms - window_ms or len(conf) - k >= MAX_CANDIDATES):
+            k += 1
+        if k:
+            del conf[:k]
         conf.append([t_ms, addr_id])
-        s["confirmed"] = conf[-MAX_CANDIDATES:]
-        return len({c[1] for c in s["confirmed"]})
+        return len({c[1] for c in conf})
 
     def hold(self, scope: str, entry: list, keep: int) -> list[list]:
         """Keep a confirmed copy until the pattern is clear (then each becomes a trigger); returns the
@@ -100,7 +116,8 @@ class SlipTracker:
     def to_state(self) -> dict[str, Any]:
         return {"due_ms": self.due_ms, "scopes": {
             k: {"cand": v["cand"], "env": [[i, t] for i, t in v["env"].items()], "confirmed": v["confirmed"],
-                "unfired": v["unfired"], "armed_until": v["armed_until"]} for k, v in self.scopes.items()}}
+                "unfired": v["unfired"], "armed_until": v["armed_until"], "last": v.get("last", [])}
+            for k, v in self.scopes.items()}}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> "SlipTracker":
@@ -111,5 +128,6 @@ class SlipTracker:
                                 "env": {int(i): int(ts) for i, ts in v.get("env", [])},
                                 "confirmed": [list(c) for c in v.get("confirmed", [])],
                                 "unfired": [list(c) for c in v.get("unfired", [])],
-                                "armed_until": int(v.get("armed_until", 0))}
+                                "armed_until": int(v.get("armed_until", 0)),
+                                "last": [int(i) for i in v.get("last", [])]}
         return t
