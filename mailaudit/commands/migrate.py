@@ -12,6 +12,9 @@ HELP = "create the Kafka topics and the ClickHouse schema (idempotent, versioned
 def configure(p):
     p.add_argument("--skip-kafka", action="store_true", help="only the ClickHouse schema")
     p.add_argument("--skip-clickhouse", action="store_true", help="only the Kafka topics")
+    p.add_argument("--cluster", metavar="NAME", default=None,
+                   help="create the schema on the ClickHouse cluster NAME (remote_servers): Replicated local "
+                        "tables + Distributed tables, ON CLUSTER (see docs/operations.md)")
     p.add_argument("--print-grants", action="store_true",
                    help="print the ClickHouse users/grants and Kafka ACLs per role (changes nothing)")
 
@@ -27,7 +30,12 @@ def run(args, cfg) -> int:
         print(f"kafka: {len(created)} topic(s) created" + (f": {', '.join(created)}" if created else " (all present)"))
     if not args.skip_clickhouse:
         db = Database(cfg.clickhouse)
-        applied = migrate(db, cfg.retention)
+        if args.cluster:
+            from mailaudit.ingest.cluster import migrate_cluster
+
+            applied = migrate_cluster(db, args.cluster, cfg.retention)
+        else:
+            applied = migrate(db, cfg.retention)
         caps = db.capabilities
         print(f"clickhouse {'.'.join(map(str, caps.version))} database {db.name}: "
               f"{'applied ' + ', '.join(map(str, applied)) if applied else 'up to date'} "

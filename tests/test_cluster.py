@@ -1,0 +1,112 @@
+"""The schema on a ClickHouse cluster (ingest/cluster.py, `mailaudit migrate --cluster`).
+
+On 18.16: ZooKeeper (Debian's package) + two clickhouse-server replicas of one shard, started here on
+loopback. Ingest runs through the Distributed table while one replica is down; when it comes back both
+replicas converge, with nothing lost and nothing duplicated. The detector's checkpoints round-trip
+through the Distributed table (FINAL). Modern servers: every cluster statement parses on chdb
+(EXPLAIN AST); they cannot run there (no ZooKeeper/Keeper in-process).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster_support import ZkCluster, zookeeper_available
+from helpers import ConsumerThread, cli, wait_until, write_config
+from mailaudit.config import ClickHouseConfig
+from mailaudit.detect.checkpoints import Checkpoint, CheckpointStore
+from mailaudit.ingest.clickhouse import Capabilities, Database
+from mailaudit.ingest.cluster import SHARDING, cluster_ddl
+from mailaudit.ingest.kafka_io import make_producer
+from mailaudit.ingest.schema import MIGRATIONS, TABLES
+from mailaudit.ingest.simulator import Simulator
+from mailaudit.ingest.topics import create_topics
+
+
+def test_cluster_ddl_is_derived_from_the_single_node_schema():
+    stmts = cluster_ddl(Capabilities((18, 16, 1)), "prod")
+    assert all("ON CLUSTER prod" in s for s in stmts if not s.lstrip().startswith("INSERT"))
+    for t in TABLES:
+        local = [s for s in stmts if f"{{db}}.{t}_local ON CLUSTER" in s and "CREATE TABLE" in s]
+        dist = [s for s in stmts if f"{{db}}.{t} ON CLUSTER prod AS {{db}}.{t}_local" in s]
+        assert len(local) == 1 and "ENGINE = Replicated" in local[0], t
+        assert f"/clickhouse/tables/{{shard}}/{{db}}/{t}_local" in local[0] and "'{replica}'" in local[0]
+        assert len(dist) == 1 and f"Distributed(prod, {{db}}, {t}_local, {SHARDING.get(t, 'rand()')})" in dist[0]
+    # Events are sharded by event_id: a redelivered event lands on the shard that deduplicates it.
+    assert SHARDING["events"] == "cityHash64(toString(event_id))"
+    # Views read the local table of their node and write the local target.
+    for s in stmts:
+        if "MATERIALIZED VIEW" in s:
+            assert "_local AS" in s and "FROM {db}.events_local" in s
+    # The version column of the checkpoints stays the ReplacingMergeTree version.
+    assert any("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{db}/detect_checkpoints_local', "
+               "'{replica}', version)" in s for s in stmts)
+
+
+def test_modern_cluster_ddl_parses_on_chdb():
+    from chdb_support import chdb_database
+
+    db = chdb_database()
+    assert db.capabilities.modern
+    stmts = cluster_ddl(db.capabilities, "prod")
+    modern = "".join(stmts)
+    assert "LowCardinality" in modern and "CODEC(" in modern
+    for s in stmts:
+        ast = db.execute("EXPLAIN AST " + s)
+        assert ast and ("CreateQuery" in ast[0][0] or "InsertQuery" in ast[0][0]), (s[:80], ast[:2])
+
+
+@pytest.mark.servers
+def test_replica_down_during_ingest_converges_nothing_lost_or_duplicated(make_cfg, tmp_path):
+    why = zookeeper_available()
+    assert why is None, why                     # scripts/setup.sh installs it: a missing one is a failure
+    cluster = ZkCluster(tmp_path / "cluster").up()
+    try:
+        cfg = make_cfg()
+        database = Database(ClickHouseConfig(url=cfg.clickhouse.url)).name
+        cfg.clickhouse.url = cluster.url(0, database)
+        path = write_config(cfg, tmp_path / "mailaudit.toml")
+        p = cli(["migrate", "--cluster", "mailaudit"], path)
+        assert p.wait(120) == 0
+        db = [Database(ClickHouseConfig(url=cluster.url(i, database))) for i in range(2)]
+        for d in db:
+            tables = dict(d.execute("SELECT name, engine FROM system.tables WHERE database = %(d)s", {"d": database}))
+            assert tables["events"] == "Distributed" and tables["events_local"] == "ReplicatedReplacingMergeTree"
+        assert sorted(r[0] for r in db[1].execute("SELECT version FROM {db}.schema_migrations FINAL")) == \
+            [m.version for m in MIGRATIONS]
+
+        create_topics(cfg.kafka)
+        events = list(Simulator(seed=8, rate=20.0).events(120))
+        ids = {e.event_id for e in events}
+        cluster.stop_node(1)                                           # one replica down
+        producer = make_producer(cfg.kafka)
+        for e in events + events[:50]:                                 # 50 redelivered
+            producer.send(cfg.kafka.topic_events, key=e.service.encode(), value=e.encode())
+        producer.flush(60)
+        producer.close()
+        with ConsumerThread(cfg):
+            wait_until(lambda: db[0].execute("SELECT uniqExact(event_id) FROM {db}.events")[0][0] == len(ids), 90,
+                       what="every event through the Distributed table with one replica down")
+        cluster.start_node(1)                                          # back: it fetches what it missed
+        db[1].disconnect()
+
+        def local(d):
+            return d.execute("SELECT count(), uniqExact(event_id) FROM {db}.events_local FINAL")[0]
+
+        wait_until(lambda: local(db[1]) == (len(ids), len(ids)), 90, what="the returning replica to converge")
+        assert local(db[0]) == (len(ids), len(ids))
+        for d in db:
+            assert {r[0] for r in d.execute("SELECT toString(event_id) FROM {db}.events_local")} == ids
+            assert d.execute("SELECT count() FROM {db}.events FINAL")[0][0] == len(ids)
+
+        # The detector's checkpoints through the Distributed table: the furthest wins (FINAL).
+        store = CheckpointStore(db[0], "g", None)
+        for pos in (10, 30, 20):
+            _, shared = store.save([Checkpoint("t", 2, pos, {"format": "x", "n": pos}, [{"type": "alert", "p": ["t", 2]}])])
+            assert shared
+        store1 = CheckpointStore(db[1], "g", None)
+        cp = wait_until(lambda: (c := store1.load_shared("t", 2)) is not None and c.position == 30 and c, 30,
+                        what="the checkpoint on the other replica")
+        assert cp.state == {"format": "x", "n": 30}
+    finally:
+        cluster.down()
