@@ -22,9 +22,10 @@ def bench_backtest(duration_s: float = 1800.0, rate: float = 100.0, runs: int = 
         for e in sim.events(duration_s, incident=["concatenated_to", "volume_spike"]):
             f.write(e.encode() + b"\n")
             n += 1
-    rates, outputs = [], set()
+    rates, outputs, loads = [], set(), []
     try:
         for _ in range(runs):
+            loads.append([float(x) for x in os.getloadavg()])
             t0 = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "mailaudit", "backtest", path, "--jobs", str(jobs), "--quiet"],
                                  capture_output=True, check=True,
@@ -34,7 +35,7 @@ def bench_backtest(duration_s: float = 1800.0, rate: float = 100.0, runs: int = 
     finally:
         os.unlink(path)
     return {"events": n, "runs": runs, "jobs": jobs, "events_per_s": statistics.median(rates),
-            "events_per_s_runs": rates, "alerts": len(next(iter(outputs)).splitlines()),
+            "events_per_s_runs": rates, "loadavg_before_runs": loads, "alerts": len(next(iter(outputs)).splitlines()),
             "identical_output_across_runs": len(outputs) == 1,
             "note": "wall clock of the whole CLI process, start-up included"}
 

@@ -332,15 +332,59 @@ def apptest_timings(cfg: Config, incident_id: str, runs: int) -> dict[str, float
     return out
 
 
+def search_timings(db: Database, address: str, now_s: int, runs: int) -> dict[str, dict[str, float]]:
+    """Address search (both phases, as the page runs them) through the reverse index (schema migration
+    5) and, on the same data, through the hash arrays as before it (the index switched off)."""
+    week, end = now_s - 7 * 86400, now_s + 60
+    out = {}
+    for label, index in (("index", True), ("array scan", False)):
+        for span, since in (("7 days", week), ("all time", 0)):
+            f = q.SearchFilters(since, end, address_hashes=(address,))
+
+            def run(f=f):
+                ids = q.search_ids(db, f)
+                q.search_rows(db, ids.iloc[:50], f.address_hashes)
+
+            db._has_address_index = index
+            try:
+                run()                                     # warm the mark cache, as a running dashboard has it
+                out[f"search address, {span}, {label}"] = _summary(_times(run, runs))
+            finally:
+                db._has_address_index = None
+    return out
+
+
+def modern_search(n: int, days: float, runs: int, log: Callable[[str], None]) -> dict:
+    """The same load and address searches on chdb (ClickHouse 26.x, the modern DDL)."""
+    from mailaudit.bench.chdb_client import chdb_database
+
+    db = chdb_database(f"dashbench_{uuid.uuid4().hex[:8]}")
+    migrate(db)
+    end_ms = int(time.time() * 1000)
+    t0 = time.perf_counter()
+    load_events(db, n, days=days, end_ms=end_ms, log=log)
+    load_s = time.perf_counter() - t0
+    db.execute("OPTIMIZE TABLE {db}.events_by_address FINAL")
+    address = db.execute("SELECT env_hashes[1] FROM {db}.events WHERE sent_at >= toDateTime(%(t)s) LIMIT 1",
+                         {"t": end_ms // 1000 - 3600})[0][0]
+    version = db.execute("SELECT version()")[0][0]
+    return {"server": f"chdb {version}", "events": int(db.execute("SELECT count() FROM {db}.events")[0][0]),
+            "load_s": round(load_s, 1), "query_s": search_timings(db, address, end_ms // 1000, runs)}
+
+
 def bench_dashboard(n: int = 10_000_000, runs: int = 5, days: float = 7.0, state_dir: str | None = None,
                     apptest: bool = True, exposure_copies: int = 1000, exposure_width: int = 1000,
-                    log: Callable[[str], None] | None = None) -> dict:
+                    log: Callable[[str], None] | None = None, info=None, modern: bool = True) -> dict:
+    """``info``: run on these servers (a ``StackInfo``) instead of a local stack; ``modern``: also the
+    address searches on chdb with the modern DDL."""
     import sys
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-bench-"))
-    stack = LocalStack(state / "stack")
-    info = stack.up()
+    stack = None
+    if info is None:
+        stack = LocalStack(state / "stack")
+        info = stack.up()
     try:
         cfg = Config()
         cfg.kafka.bootstrap = info.kafka_bootstrap
@@ -367,6 +411,8 @@ def bench_dashboard(n: int = 10_000_000, runs: int = 5, days: float = 7.0, state
             fn()  # warm the server's mark cache once, as a running dashboard has it
             timings[name] = _summary(_times(fn, runs))
             log(f"{name}: {timings[name]}")
+        search = search_timings(db, address, now_s, runs)
+        log(f"address search, index vs array scan: {search}")
         result = {
             "events": stored, "days": days, "exposure_pairs": pairs, "runs": runs, "load_s": round(load_s, 1),
             "clickhouse": ".".join(map(str, db.capabilities.version)), "cpus": os.cpu_count(),
@@ -376,10 +422,19 @@ def bench_dashboard(n: int = 10_000_000, runs: int = 5, days: float = 7.0, state
             result["render_s"] = apptest_timings(cfg, big, runs)
             log(f"render: {result['render_s']}")
             result["max_render_median_s"] = max(t["median"] for t in result["render_s"].values())
+        result["address_search_s"] = search
+        result["index_rows"] = int(db.execute("SELECT count() FROM {db}.events_by_address")[0][0])
         result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        if modern:
+            db.disconnect()
+            load = os.getloadavg()[0]
+            result["modern_chdb"] = modern_search(n, days, runs, log)
+            result["modern_chdb"]["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+            log(f"modern (chdb): {result['modern_chdb']}")
         return result
     finally:
-        stack.down()
+        if stack is not None:
+            stack.down()
 
 
 def _settle(db: Database, timeout_s: float = 120.0) -> None:

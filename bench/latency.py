@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def _pct(xs: list[float], q: float) -> float | None:
 
 
 def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: float) -> dict:
+    load_before = [float(x) for x in os.getloadavg()]
     uid = uuid.uuid4().hex[:8]
     cfg = Config()
     cfg.kafka.bootstrap = info.kafka_bootstrap
@@ -88,15 +90,21 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
     watcher.start()
     producer = make_producer(cfg.kafka, linger_ms=2)
     sent: dict[str, float] = {}
+    t_start = time.time()
+    phases = {}
     try:
         # Warm-up: the detector's group join; wait until a first leak comes back.
-        warm = _leak(-1, int(time.time() * 1000))
+        # Every warm-up copy is a new campaign (a repeat of one campaign would be an "update", never
+        # an "open"), and any of them coming back ends the warm-up.
+        warm_ids: set[str] = set()
         deadline = time.time() + 60
-        while warm.event_id not in arrivals and time.time() < deadline:
+        while not warm_ids & arrivals.keys() and time.time() < deadline:
+            warm = _leak(-1 - len(warm_ids), int(time.time() * 1000))
+            warm_ids.add(warm.event_id)
             producer.send(cfg.kafka.topic_events, key=b"newsletter", value=warm.encode())
             producer.flush()
-            time.sleep(1.0)
-            warm = _leak(-1, int(time.time() * 1000)) if warm.event_id not in arrivals else warm
+            time.sleep(0.5)
+        phases["warmup_s"] = round(time.time() - t_start, 1)
         # Pre-encode the stream (event time = its planned send time) so pacing costs little.
         start_ms = int(time.time() * 1000) + 2000
         sim = Simulator(seed=21, rate=rate, rhythm=False, burst=1.0, start_ms=start_ms)
@@ -121,12 +129,13 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
                 producer.send(cfg.kafka.topic_events, key=b"newsletter", value=leak.encode())
                 leaks += 1
                 next_leak += leak_every_s
-        elapsed = time.time() - t0
         producer.flush()
+        elapsed = time.time() - t0          # after the flush: what was offered was also handed over
         deadline = time.time() + 30
         while time.time() < deadline and not all(k in arrivals for k in sent):
             time.sleep(0.1)
     finally:
+        t_stop = time.time()
         stop.set()
         watcher.join(5)
         producer.close()
@@ -135,6 +144,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
             det.wait(30)
         except subprocess.TimeoutExpired:
             det.kill()
+        phases["stop_s"] = round(time.time() - t_stop, 1)
     lat = [arrivals[k] - t for k, t in sent.items() if k in arrivals]
     return {
         "rate_target": rate,
@@ -144,28 +154,39 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
         "p50_ms": 1000 * _pct(lat, 0.5) if lat else None,
         "p99_ms": 1000 * _pct(lat, 0.99) if lat else None,
         "max_ms": 1000 * max(lat) if lat else None,
+        "phases_s": phases,
+        "loadavg_before": load_before,
+        "loadavg_after": [float(x) for x in os.getloadavg()],
     }
 
 
 def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak_every_s: float = 0.5, runs: int = 1,
-                  state_dir: str | None = None, plot: str | None = None) -> dict:
-    """Latency per offered rate; ``plot``: write p50/p99 vs rate as a PNG there."""
+                  state_dir: str | None = None, plot: str | None = None, info=None) -> dict:
+    """Latency per offered rate; ``plot``: write p50/p99 vs rate as a PNG there; ``info``: run on these
+    servers (a ``StackInfo``) instead of a local stack. Every run attempted is reported (``runs``),
+    with the median and the worst of their p99s."""
     state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-lat-"))
-    stack = LocalStack(state / "stack")
-    info = stack.up()
+    stack = None
+    if info is None:
+        stack = LocalStack(state / "stack")
+        info = stack.up()
     results = []
     try:
         for rate in rates:
             per = [_one_rate(info, state, float(rate), duration_s, leak_every_s) for _ in range(runs)]
             med = {k: statistics.median(r[k] for r in per if r[k] is not None)
                    for k in ("rate_achieved", "p50_ms", "p99_ms", "max_ms") if any(r[k] is not None for r in per)}
-            results.append({"rate_target": rate, **med, "leaks": sum(r["leaks"] for r in per),
+            p99s = [r["p99_ms"] for r in per if r["p99_ms"] is not None]
+            results.append({"rate_target": rate, **med, "p99_worst_ms": max(p99s) if p99s else None,
+                            "leaks": sum(r["leaks"] for r in per),
                             "alerted": sum(r["alerted"] for r in per), "runs": per})
     finally:
-        stack.down()
+        if stack is not None:
+            stack.down()
     out = {"duration_s": duration_s, "leak_every_s": leak_every_s, "by_rate": results}
-    ok = [r["rate_target"] for r in results if r.get("p99_ms") is not None and r["p99_ms"] < 1000
-          and r.get("rate_achieved", 0) >= 0.95 * r["rate_target"]]
+    # A rate counts only if every run kept p99 under 1 s (the worst run, not the median) at the rate.
+    ok = [r["rate_target"] for r in results if r.get("p99_worst_ms") is not None and r["p99_worst_ms"] < 1000
+          and r["alerted"] == r["leaks"] and r.get("rate_achieved", 0) >= 0.95 * r["rate_target"]]
     out["highest_rate_with_p99_under_1s"] = max(ok) if ok else None
     if plot:
         from mailaudit.bench.plot import line_plot

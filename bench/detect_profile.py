@@ -1,0 +1,154 @@
+"""Where the live detector's time goes at a steady rate (issue 16: profile before optimising).
+
+A publisher process sends simulator traffic at ``rate`` events/s for ``duration_s``; the detector
+(``DetectConsumer``, the code `mailaudit detect` runs) polls in this process's main thread under
+cProfile. The report splits the loop's wall time into its stages, as cumulative time of the
+functions that implement them: Kafka fetch (``poll``, record parsing in kafka-python included),
+decode, header parsing, address hashing, the engine (rules, state), the outbox append, the checkpoint
+and offset commit, and the "caught up?" probe that lets the wall clock advance the watermark.
+cProfile inflates Python-heavy stages by a similar factor, so the shares are what to read.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import dataclasses
+import json
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from mailaudit import tomlw
+from mailaudit.config import Config
+from mailaudit.ingest.clickhouse import Database
+from mailaudit.ingest.schema import migrate
+from mailaudit.ingest.topics import create_topics
+from mailaudit.stack import LocalStack
+
+# Stage -> functions whose cumulative time is that stage, as (file suffix, function name).
+STAGES = {
+    "kafka_fetch": [("kafka/consumer/group.py", "poll")],
+    "decode": [("ingest/wire.py", "decode_event")],
+    "parse": [("ingest/parsed.py", "parse_event")],
+    "hash": [("ingest/privacy.py", "hash")],
+    "engine": [("detect/engine.py", "process"), ("detect/engine.py", "advance")],
+    "outbox": [("detect/consumer.py", "_emit")],
+    "checkpoint_commit": [("detect/consumer.py", "checkpoint_and_commit")],
+    "caught_up_probe": [("detect/consumer.py", "_caught_up")],
+}
+
+_PUBLISH = r"""
+import sys, time
+from mailaudit.config import Config
+from mailaudit.ingest.kafka_io import make_producer
+from mailaudit.ingest.simulator import Simulator
+bootstrap, topic, rate, duration = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+cfg = Config(); cfg.kafka.bootstrap = bootstrap
+start_ms = int(time.time() * 1000) + 1000
+planned = [(e.sent_at_ms, e.service.encode(), e.encode())
+           for e in Simulator(seed=5, rate=rate, rhythm=False, burst=1.0, start_ms=start_ms).events(duration)]
+p = make_producer(cfg.kafka, linger_ms=2)
+for ms, k, v in planned:
+    w = ms / 1000.0 - time.time()
+    if w > 0.002:
+        time.sleep(w)
+    p.send(topic, key=k, value=v)
+p.flush(); p.close()
+print(len(planned))
+"""
+
+
+def _stage_seconds(stats: pstats.Stats) -> dict[str, float]:
+    out = {k: 0.0 for k in STAGES}
+    for (path, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
+        for stage, fns in STAGES.items():
+            if any(path.endswith(suffix) and name == fn for suffix, fn in fns):
+                out[stage] += ct
+    return out
+
+
+def profile_detector(info, rate: float = 5000.0, duration_s: float = 30.0, state: Path | None = None) -> dict:
+    state = state or Path(tempfile.mkdtemp(prefix="mailaudit-prof-"))
+    uid = uuid.uuid4().hex[:8]
+    cfg = Config()
+    cfg.kafka.bootstrap = info.kafka_bootstrap
+    for name in ("topic_events", "topic_dlq", "topic_alerts", "topic_control"):
+        setattr(cfg.kafka, name, f"prof{uid}." + getattr(cfg.kafka, name))
+    cfg.kafka.detect_group = f"prof{uid}.detect"
+    cfg.clickhouse.url = f"clickhouse://default:@127.0.0.1:{info.clickhouse_port}/prof_{uid}"
+    cfg.privacy.hash_key = uuid.uuid4().hex
+    cfg.state_dir = str(state / f"run-{uid}")
+    create_topics(cfg.kafka)
+    migrate(Database(cfg.clickhouse))
+
+    from mailaudit.detect.consumer import DetectConsumer
+
+    det = DetectConsumer(cfg)
+    det.consumer.subscribe([cfg.kafka.topic_events])
+    det.start_sinks()
+    while not det.consumer.assignment():           # join the group before the traffic starts
+        det.consumer.poll(timeout_ms=100)
+    pub = subprocess.Popen([sys.executable, "-c", _PUBLISH, cfg.kafka.bootstrap, cfg.kafka.topic_events,
+                            str(rate), str(duration_s)], stdout=subprocess.PIPE, text=True)
+    load_before = [float(x) for x in os.getloadavg()]
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    prof.enable()
+    try:
+        while pub.poll() is None or det.stats.events < _published(pub):
+            det.poll_once()
+            if time.perf_counter() - t0 > duration_s + 120:
+                break
+    finally:
+        prof.disable()
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    det.stop_event.set()
+    det.close()
+    stats = pstats.Stats(prof)
+    stages = _stage_seconds(stats)
+    loop = sum(ct for (p, _l, n), (_a, _b, _c, ct, _d) in stats.stats.items()
+               if p.endswith("detect/consumer.py") and n == "poll_once")
+    return {
+        "rate": rate, "duration_s": duration_s, "events": det.stats.events, "wall_s": wall,
+        "process_cpu_s": cpu, "loop_s": loop,
+        "stage_s": stages, "stage_share_of_loop": {k: v / loop for k, v in stages.items()} if loop else {},
+        "stage_us_per_event": {k: 1e6 * v / max(1, det.stats.events) for k, v in stages.items()},
+        "loadavg_before": load_before, "loadavg_after": [float(x) for x in os.getloadavg()],
+    }
+
+
+_published_n: dict[int, int] = {}
+
+
+def _published(pub: subprocess.Popen) -> int:
+    """Events the publisher sent (known once it exited; until then: unbounded)."""
+    if pub.pid not in _published_n:
+        if pub.poll() is None:
+            return 1 << 62
+        _published_n[pub.pid] = int(pub.stdout.read().strip() or 0)
+    return _published_n[pub.pid]
+
+
+def bench_detect_profile(rate: float = 5000.0, duration_s: float = 30.0, info=None, state_dir: str | None = None) -> dict:
+    state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-prof-"))
+    stack = None
+    if info is None:
+        stack = LocalStack(state / "stack")
+        info = stack.up()
+    try:
+        return profile_detector(info, rate, duration_s, state)
+    finally:
+        if stack is not None:
+            stack.down()
+
+
+if __name__ == "__main__":
+    print(json.dumps(bench_detect_profile(), indent=2))

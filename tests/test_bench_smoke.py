@@ -1,0 +1,72 @@
+"""Every bench suite at a tiny size on the session servers: a figure that breaks (a wrong key, a
+division by zero, a run that stores nothing, a run dropped from the list) fails CI, not the report."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.servers
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and x > 0
+
+
+def _load(x) -> bool:
+    return isinstance(x, list) and len(x) == 3 and all(isinstance(v, float) and v >= 0 for v in x)
+
+
+def test_bench_ingest_tiny(stack):
+    from mailaudit.bench.ingest import bench_ingest
+
+    out = bench_ingest(n=1500, runs=1, batch_size=500, info=stack, scaling_runs=1)
+    for k in ("events_per_s", "raw_consume_msgs_per_s", "raw_insert_rows_per_s", "raw_limit_events_per_s", "ratio"):
+        assert _positive(out[k]), (k, out[k])
+    assert len(out["per_run"]) == 1
+    for run in out["per_run"]:
+        assert run["stored"] == 1500
+        assert run["raw_limit_events_per_s"] == min(run["raw_consume_msgs_per_s"], run["raw_insert_rows_per_s"])
+        assert _load(run["loadavg_before"]) and _load(run["loadavg_after"])
+    assert sorted(out["per_run"], key=lambda r: r["ratio"])[0]["ratio"] <= out["ratio"]
+    for k in ("1_process", "2_process"):
+        assert len(out["scaling_runs"][k]) == 1 and _positive(out["scaling_events_per_s"][k])
+    assert _positive(out["bytes_per_event_on_disk_18_16"]) and _positive(out["bytes_per_event_on_disk_modern_chdb"])
+
+
+def test_bench_latency_tiny(stack):
+    from mailaudit.bench.latency import bench_latency
+
+    out = bench_latency(rates=(300,), duration_s=4.0, leak_every_s=0.5, runs=2, info=stack)
+    (r,) = out["by_rate"]
+    assert len(r["runs"]) == 2                                   # every run attempted is reported
+    assert r["leaks"] >= 10 and r["alerted"] == r["leaks"], r
+    for run in r["runs"]:
+        assert 0.8 * 300 <= run["rate_achieved"] <= 1.2 * 300, run
+        assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+        assert _load(run["loadavg_before"]) and _load(run["loadavg_after"])
+    assert r["p99_worst_ms"] == max(run["p99_ms"] for run in r["runs"]) >= r["p99_ms"]
+
+
+def test_bench_dashboard_tiny(stack):
+    from mailaudit.bench.dashboard import bench_dashboard
+
+    out = bench_dashboard(n=30_000, runs=1, apptest=False, exposure_copies=10, exposure_width=10, info=stack,
+                          log=lambda s: None)
+    assert out["events"] == 30_000 and out["index_rows"] > 30_000
+    assert all(_positive(t["median"]) for t in out["query_s"].values())
+    for where in (out["address_search_s"], out["modern_chdb"]["query_s"]):
+        assert set(where) == {f"search address, {span}, {how}" for span in ("7 days", "all time")
+                              for how in ("index", "array scan")}
+        assert all(_positive(t["median"]) for t in where.values())
+    assert out["modern_chdb"]["events"] == 30_000 and out["modern_chdb"]["server"].startswith("chdb")
+
+
+def test_bench_parser_and_backtest_tiny():
+    from mailaudit.bench.backtest import bench_backtest
+    from mailaudit.bench.parser import bench_parser
+
+    p = bench_parser(repeats=1, n=300)
+    assert p["repeats"] == 1 and len(p) > 3
+    b = bench_backtest(duration_s=120.0, rate=20.0, runs=2)
+    assert len(b["events_per_s_runs"]) == 2 and _positive(b["events_per_s"]) and b["alerts"] > 0
+    assert b["identical_output_across_runs"] and len(b["loadavg_before_runs"]) == 2
