@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(clickhouse-server chromium chromium-driver openssl)
+# zookeeper + a Java runtime: the ClickHouse cluster test (tests/test_cluster.py) runs its own.
+APT_PACKAGES=(clickhouse-server chromium chromium-driver openssl zookeeper default-jre-headless)
 need=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
@@ -16,6 +17,7 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
   # The Debian package starts a system-wide server; mailaudit runs its own, so stop that one.
   $SUDO systemctl disable --now clickhouse-server >/dev/null 2>&1 || $SUDO service clickhouse-server stop >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now zookeeper >/dev/null 2>&1 || $SUDO service zookeeper stop >/dev/null 2>&1 || true
 fi
 
 # Postfix + libmilter for the milter and its end-to-end test (pymilter compiles against libmilter).
