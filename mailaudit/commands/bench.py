@@ -14,7 +14,7 @@ HELP = "benchmarks: ingest, latency, parser, backtest, nab, dashboard, detection
 
 LOCAL_STACK = False        # each suite starts its own servers
 
-SUITES = ("ingest", "latency", "parser", "backtest", "nab", "dashboard", "milter", "model_eval", "detection")
+SUITES = ("ingest", "latency", "parser", "backtest", "nab", "dashboard", "milter", "model_eval", "detection", "scale")
 # What `bench all` runs, with arguments that keep the whole suite within ~15 minutes here.
 ALL = {"parser": {}, "backtest": {}, "ingest": {"n": 50_000, "runs": 3}, "latency": {"duration_s": 45.0}, "milter": {"n": 5000}, "nab": {}, "detection": {}}
 

@@ -1,0 +1,247 @@
+"""Scale-out figures: 1 and 2 `consume` and `detect` processes in one group on 4 partitions.
+
+Backlog throughput: ``n`` events are published first, then k processes of one verb start together;
+each serves Prometheus ``/metrics`` and the bench scrapes the event counters (detect:
+``mailaudit_detect_events_total``, consume: ``mailaudit_ingest_events_inserted_total``). events/s is
+timed from the first event counted (group joined) to the last, counting only what was done in that
+time. CPU per event is the processes' user+system CPU over the same interval (from /proc), divided
+by the events: that is the cost a core pays per event, the figure the multi-host model in
+docs/operations.md multiplies out. The per-partition ceiling is 1 / CPU per event of the dearer of
+the two verbs (one partition is served by one process of each at a time, and one process uses at
+most one core for its Python work).
+
+Alert latency: k detect processes, a steady stream at ``rate`` events/s over 10 services with a
+leaking copy of a new campaign every 0.5 s (as bench/latency.py), publish -> ``open`` alert in
+``mail.alerts``: p50/p99.
+
+This machine has 2 cores shared with the broker, ClickHouse, the publisher and other users: a second
+process cannot add a core that is not there. Every run is listed with the load average around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from kafka import TopicPartition
+
+from mailaudit import tomlw
+from mailaudit.bench.ingest import _bench_cfg, _events, _publish
+from mailaudit.bench.latency import _leak, _pct
+from mailaudit.ingest.clickhouse import Database
+from mailaudit.ingest.kafka_io import make_consumer, make_producer
+from mailaudit.ingest.schema import migrate
+from mailaudit.ingest.simulator import Simulator
+from mailaudit.ingest.topics import create_topics
+from mailaudit.stack import LocalStack, free_port
+
+_COUNTER = {"detect": "mailaudit_detect_events_total", "consume": "mailaudit_ingest_events_inserted_total"}
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _scrape(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _setup(info, state: Path):
+    cfg = _bench_cfg(info, uuid.uuid4().hex[:8])
+    cfg.kafka.detect_group = cfg.kafka.ingest_group.replace(".ingest", ".detect")
+    cfg.state_dir = str(state / f"run-{uuid.uuid4().hex[:8]}")
+    create_topics(cfg.kafka)
+    migrate(Database(cfg.clickhouse))
+    return cfg
+
+
+def _start(cfg, state: Path, verb: str, k: int) -> list[tuple[subprocess.Popen, int]]:
+    out = []
+    for i in range(k):
+        c = dataclasses.replace(cfg)
+        c.state_dir = f"{cfg.state_dir}-{verb}{i}"          # replicas share no volume
+        path = state / f"{verb}-{uuid.uuid4().hex[:8]}.toml"
+        path.write_text(tomlw.dumps(dataclasses.asdict(c)))
+        port = free_port()
+        p = subprocess.Popen([sys.executable, "-m", "mailaudit", "--config", str(path), verb, "--log-level", "WARNING",
+                              "--metrics-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out.append((p, port))
+    return out
+
+
+def _stop(procs) -> None:
+    for p, _ in procs:
+        p.terminate()
+    for p, _ in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def backlog(info, state: Path, msgs, verb: str, k: int, timeout_s: float = 300.0) -> dict:
+    cfg = _setup(info, state)
+    _publish(cfg, msgs)
+    load = [float(x) for x in os.getloadavg()]
+    procs = _start(cfg, state, verb, k)
+    name = _COUNTER[verb]
+    t_first = t_last = None
+    n_first = n_last = 0
+    cpu_first = cpu_last = 0.0
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            n = sum(_scrape(port, name) for _, port in procs)
+            cpu = sum(_cpu_s(p.pid) for p, _ in procs)
+            now = time.monotonic()
+            if n and t_first is None:
+                t_first, n_first, cpu_first = now, n, cpu
+            if n > n_last:
+                t_last, n_last, cpu_last = now, n, cpu
+            if n >= len(msgs):
+                break
+            time.sleep(0.05)
+    finally:
+        _stop(procs)
+    done = n_last - n_first
+    rate = done / (t_last - t_first) if t_first and t_last and t_last > t_first else 0.0
+    return {"processes": k, "events_per_s": rate, "events_timed": done,
+            "cpu_us_per_event": 1e6 * (cpu_last - cpu_first) / done if done else None,
+            "loadavg_before": load, "loadavg_after": [float(x) for x in os.getloadavg()]}
+
+
+def alert_latency(info, state: Path, k: int, rate: float, duration_s: float, leak_every_s: float = 0.5) -> dict:
+    cfg = _setup(info, state)
+    load = [float(x) for x in os.getloadavg()]
+    procs = _start(cfg, state, "detect", k)
+    arrivals: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch():
+        c = make_consumer(cfg.kafka, None, fetch_max_wait_ms=20)
+        c.assign([TopicPartition(cfg.kafka.topic_alerts, 0)])
+        while not stop.is_set():
+            for recs in c.poll(timeout_ms=50).values():
+                t = time.time()
+                for r in recs:
+                    a = json.loads(r.value)
+                    if a["status"] == "open":
+                        arrivals.setdefault(a["trigger_event_id"], t)
+        c.close()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    producer = make_producer(cfg.kafka, linger_ms=2)
+    sent: dict[str, float] = {}
+    published = 0
+    try:
+        # Warm-up until every process has its partitions: a leak on each of several services returns.
+        deadline = time.time() + 90
+        warm: dict[str, str] = {}
+        services = ["newsletter", "billing", "support", "auth", "shipping", "receipts"]
+        i = 0
+        while time.time() < deadline and not (warm and all(v in arrivals for v in warm.values())):
+            for s in services:
+                if warm.get(s) not in arrivals:
+                    e = dataclasses.replace(_leak(-1 - i, int(time.time() * 1000)), service=s)
+                    i += 1
+                    warm[s] = e.event_id
+                    producer.send(cfg.kafka.topic_events, key=s.encode(), value=e.encode())
+            producer.flush()
+            time.sleep(1.0)
+        start_ms = int(time.time() * 1000) + 1000
+        planned = [(e.sent_at_ms, e.service.encode(), e.encode())
+                   for e in Simulator(seed=22, rate=rate, rhythm=False, burst=1.0, start_ms=start_ms).events(duration_s)]
+        while time.time() * 1000 < start_ms:
+            time.sleep(0.005)
+        t0 = start_ms / 1000.0
+        next_leak, leaks = t0 + 1.0, 0
+        for sent_ms, key, value in planned:
+            wait = sent_ms / 1000.0 - time.time()
+            if wait > 0.002:
+                time.sleep(wait)
+            producer.send(cfg.kafka.topic_events, key=key, value=value)
+            published += 1
+            if time.time() >= next_leak:
+                s = services[leaks % len(services)]              # leaks on services of every partition
+                e = dataclasses.replace(_leak(leaks, int(time.time() * 1000)), service=s)
+                sent[e.event_id] = time.time()
+                producer.send(cfg.kafka.topic_events, key=s.encode(), value=e.encode())
+                leaks += 1
+                next_leak += leak_every_s
+        producer.flush()
+        elapsed = time.time() - t0
+        deadline = time.time() + 30
+        while time.time() < deadline and not all(x in arrivals for x in sent):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        watcher.join(5)
+        producer.close()
+        _stop(procs)
+    lat = [arrivals[x] - t for x, t in sent.items() if x in arrivals]
+    return {"processes": k, "rate_target": rate, "rate_achieved": published / elapsed, "leaks": len(sent),
+            "alerted": len(lat), "p50_ms": 1000 * _pct(lat, 0.5) if lat else None,
+            "p99_ms": 1000 * _pct(lat, 0.99) if lat else None,
+            "loadavg_before": load, "loadavg_after": [float(x) for x in os.getloadavg()]}
+
+
+def _med(rows, key):
+    xs = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(xs) if xs else None
+
+
+def bench_scale(n: int = 40_000, runs: int = 3, rate: float = 2000.0, duration_s: float = 20.0,
+                state_dir: str | None = None, info=None) -> dict:
+    state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-scale-"))
+    stack = None
+    if info is None:
+        stack = LocalStack(state / "stack")
+        info = stack.up()
+    out: dict = {"events": n, "runs": runs, "partitions": 4}
+    try:
+        msgs = _events(n, seed=9)
+        out["services"] = len({key for key, _ in msgs})
+        for verb in ("consume", "detect"):
+            for k in (1, 2):
+                rows = [backlog(info, state, msgs, verb, k) for _ in range(runs)]
+                out[f"{verb}_{k}"] = {"events_per_s": _med(rows, "events_per_s"),
+                                      "cpu_us_per_event": _med(rows, "cpu_us_per_event"), "runs": rows}
+        for k in (1, 2):
+            rows = [alert_latency(info, state, k, rate, duration_s) for _ in range(runs)]
+            out[f"alert_latency_detect_{k}"] = {"rate": rate, "p50_ms": _med(rows, "p50_ms"),
+                                                "p99_ms": _med(rows, "p99_ms"), "runs": rows}
+    finally:
+        if stack is not None:
+            stack.down()
+    cd, cc = out["detect_1"]["cpu_us_per_event"], out["consume_1"]["cpu_us_per_event"]
+    if cd and cc:
+        out["per_partition_ceiling_msgs_per_s"] = round(1e6 / max(cd, cc))
+        out["cores_for_50k_msgs_per_s"] = {"detect": round(50_000 * cd / 1e6, 1), "consume": round(50_000 * cc / 1e6, 1)}
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(bench_scale(), indent=2))
