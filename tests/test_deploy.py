@@ -107,16 +107,17 @@ def test_healthchecks_and_start_order(compose):
         "kafka": {"condition": "service_healthy"}, "clickhouse": {"condition": "service_healthy"}}
 
 
-def test_consumers_scale_and_the_detector_keeps_its_state(compose):
+def test_consumers_and_detectors_scale_without_a_shared_volume(compose):
     services = compose["services"]
     consume = services["consume"]
     assert "container_name" not in consume and not consume.get("ports"), "`--scale consume=N` needs neither"
     assert consume["deploy"]["replicas"] >= 1
     detect = services["detect"]
-    assert detect.get("deploy", {}).get("replicas", 1) == 1
+    assert detect["deploy"]["replicas"] >= 2 and "container_name" not in detect and not detect.get("ports")
     state = _env(detect)["MAILAUDIT_STATE_DIR"]
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in detect["volumes"]}
-    assert mounts.get(state) in compose["volumes"], "the detector's checkpoint/outbox dir is not on a volume"
+    # Each replica's own anonymous volume (outbox, local checkpoint cache): a named volume would be shared.
+    assert state in detect["volumes"], "the detector's outbox dir is not on a per-container volume"
+    assert not any(":" in v for v in detect["volumes"]), "detector replicas must not share a named volume"
 
 
 def test_every_mailaudit_env_name_is_a_config_setting(compose):
