@@ -49,6 +49,7 @@ _MAX_REPEAT = 10_000           # (campaign, visible list) pairs remembered per s
 _MAX_SIBLINGS = 200_000        # Message-IDs remembered per service for the group wait
 _FP_CACHE = 10_000             # visible lists remembered per incident for exposed counting
 _FULL = "full"
+_FP = "\x00fp:"                # sibling index key prefix: copies by visible list rather than Message-ID
 _ORG = "\x00org"               # incident cache key: ids of the organisation's own addresses exposed
 _MAX_ORG_EXPOSED = 1000
 
@@ -194,6 +195,7 @@ class DetectionEngine:
             ("events", "late", "future", "waits", "waits_cleared", "waits_fired", "alerts", "exposure_rows"), 0)
         self._exposures: list[ExposureRow] = []
         self._seq = 0
+        self._last_fp: tuple[ParsedEvent, str] | None = None   # (copy, visible fingerprint): computed once
 
     # --- public API --------------------------------------------------------------------------
 
@@ -331,22 +333,40 @@ class DetectionEngine:
     # --- disclosure ----------------------------------------------------------------------------
 
     def _index_sibling(self, svc: _Service, ps: ParsedEvent) -> None:
-        """Remember the envelope of copies that could be one of several submissions of a group message."""
+        """Remember the envelope of copies that could be one of several submissions of a group message:
+        under its Message-ID, and under its visible list (``_FP`` + fingerprint) — a calendar server or
+        an API that sends one copy per attendee may mint a Message-ID per copy, but every copy shows
+        the same list, and each attendee on it receives one."""
         if len(ps.to.addresses) + len(ps.cc.addresses) < svc.rules.strangers_min:
             return
-        mid = ps.event.message_id
         exp = ps.event.sent_at_ms + svc.keep_ms
+        ident = self.book.id
+        ids = [ident(a) for a in ps.envelope]
+        fp = fingerprint_ids(ident(a) for a in ps.visible)
+        self._last_fp = (ps, fp)
+        for key in (ps.event.message_id, _FP + fp):
+            entry = svc.siblings.get(key)
+            if entry is None:
+                if len(svc.siblings) >= _MAX_SIBLINGS:
+                    svc.siblings.pop(next(iter(svc.siblings)))
+                svc.siblings[key] = [set(ids), exp]
+            else:
+                entry[0].update(ids)
+                if exp > entry[1]:
+                    entry[1] = exp
+            svc.sibling_q.append((exp, key))
+
+    def _accounted(self, svc: _Service, mid: str, fp: str | None, default=()) -> set[int] | frozenset | tuple:
+        """Envelope recipients of every submission of this message: same Message-ID, or same visible list."""
         entry = svc.siblings.get(mid)
-        ids = [self.book.id(a) for a in ps.envelope]
+        by_fp = svc.siblings.get(_FP + fp) if fp else None
+        if entry is None and by_fp is None:
+            return default
+        if by_fp is None:
+            return entry[0]
         if entry is None:
-            if len(svc.siblings) >= _MAX_SIBLINGS:
-                svc.siblings.pop(next(iter(svc.siblings)))
-            svc.siblings[mid] = [set(ids), exp]
-        else:
-            entry[0].update(ids)
-            if exp > entry[1]:
-                entry[1] = exp
-        svc.sibling_q.append((exp, mid))
+            return by_fp[0]
+        return entry[0] | by_fp[0]
 
     def _disclosure(self, svc: _Service, ps: ParsedEvent, out: list[Alert]) -> None:
         if trivially_benign(ps):
@@ -358,6 +378,9 @@ class DetectionEngine:
         r = svc.rules
 
         def fp(vis):
+            last = self._last_fp
+            if last is not None and last[0] is ps:
+                return last[1]                      # computed by _index_sibling for this copy
             return fingerprint_ids(ident(a) for a in vis)
 
         sig = disclosure_signals(ps, r, fp, org, ident)
@@ -412,8 +435,7 @@ class DetectionEngine:
             self._decide(svc, heapq.heappop(svc.pending), out)
 
     def _decide(self, svc: _Service, p: _Pending, out: list[Alert]) -> None:
-        entry = svc.siblings.get(p.meta.message_id)
-        accounted = entry[0] if entry is not None else p.envelope_ids
+        accounted = self._accounted(svc, p.meta.message_id, p.fingerprint, p.envelope_ids)
         learned = svc.org.learned
         left = [s for s in p.stranger_ids if s not in accounted and s not in learned]
         if len(left) < svc.rules.strangers_min:
@@ -455,8 +477,8 @@ class DetectionEngine:
             strangers.append([inf.id, inf.hash, inf.masked, inf.domain, consumer])
         if strangers:
             svc.slips.add(meta.scope, [meta.sent_at_ms, meta.event_id, meta.campaign, meta.template,
-                                       meta.message_id, strangers, [self.book.id(a) for a in ps.envelope]],
-                          meta.sent_at_ms + svc.wait_ms)
+                                       meta.message_id, strangers, [self.book.id(a) for a in ps.envelope],
+                                       sig.fingerprint], meta.sent_at_ms + svc.wait_ms)
 
     def _judge_slips(self, svc: _Service, clock_ms: int, out: list[Alert]) -> None:
         """Ripe slip candidates (their group wait is over): a stranger still unaccounted for, who is a
@@ -466,9 +488,8 @@ class DetectionEngine:
         win = int(r.slip_window_s * 1000)
         slips = svc.slips
         for scope, c in slips.take_ripe(clock_ms, svc.wait_ms):
-            t, eid, campaign, template, mid, strangers, env = c
-            entry = svc.siblings.get(mid)
-            accounted = entry[0] if entry is not None else ()
+            t, eid, campaign, template, mid, strangers, env = c[:7]
+            accounted = self._accounted(svc, mid, c[7] if len(c) > 7 else None)
             left = [x for x in strangers if x[0] not in accounted and x[0] not in svc.org.learned
                     and (x[4] or slips.received(scope, x[0], win, t))]
             if not left:

@@ -321,3 +321,35 @@ def test_a_repeated_list_of_business_people_still_fires_as_a_template_bug():
     for i, c in enumerate(customers(3)):
         out += eng.process(ev(", ".join(g), [c], t=i * 10, campaign="promo"))
     assert [a.status for a in out] == ["open"] and out[0].evidence["repeated_on_messages"] == 3
+
+
+def test_invitation_sent_one_copy_per_attendee_with_a_message_id_each_is_silent():
+    """iTIP REQUEST per attendee (RFC 6047 servers, calendar APIs): each copy shows every attendee, each
+    has its own Message-ID; every attendee receives one, so nobody is exposed to a stranger."""
+    eng = engine()
+    evs = []
+    for k in range(10):
+        att = [f"a{k}@corp.example", f"b{k}@vendor.example", f"c{k}@gmail.com", f"d{k}@client.example"]
+        for j, a in enumerate(att):
+            evs.append(ev(", ".join(att), [a], t=k * 60_000 + j * 700, template="invite",
+                          from_=f"Cal <calendar-notification@cal.example>"))
+    assert run(eng, evs) == []
+    assert eng.stats["waits"] > 0
+
+
+def test_household_copies_each_to_one_member_with_distinct_message_ids_are_not_a_slip():
+    eng = engine()
+    evs = []
+    for k in range(30):
+        pair = [f"john{k}@gmail.com", f"jane{k}@yahoo.com"]
+        for j, a in enumerate(pair):
+            evs.append(ev(", ".join(pair), [a], t=k * 500 + j * 100, campaign="statement"))
+    assert run(eng, evs) == []
+
+
+def test_a_list_some_of_whose_members_never_get_the_mail_still_fires_after_the_wait():
+    eng = engine()
+    att = ["a@corp.example", "b@vendor.example", "c@gmail.com", "d@client.example"]
+    evs = [ev(", ".join(att), [a], t=j * 700, template="invite") for j, a in enumerate(att[:2])]
+    out = run(eng, evs)
+    assert out and out[0].severity == "warning" and out[0].evidence["strangers_unaccounted"] == 2
