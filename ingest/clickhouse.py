@@ -68,10 +68,21 @@ class Capabilities:
         return Capabilities(tuple(parts))
 
 
+def _no_query_logs() -> None:
+    """clickhouse-driver logs every query's text at DEBUG; search queries carry address hashes
+    there, and a log is out of `forget`'s reach (issue 14): hold its logger at INFO at least."""
+    import logging
+
+    lg = logging.getLogger("clickhouse_driver")
+    if lg.getEffectiveLevel() < logging.INFO:
+        lg.setLevel(logging.INFO)
+
+
 class Database:
     """A connection to one ClickHouse database (name from the URL)."""
 
     def __init__(self, cfg: ClickHouseConfig, client: Any | None = None):
+        _no_query_logs()
         parts = cfg.parts()
         self.name = ident(parts.pop("database"))
         if client is None:

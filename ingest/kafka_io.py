@@ -19,10 +19,23 @@ from mailaudit.config import KafkaConfig
 _TOPIC_ALREADY_EXISTS = 36
 
 
+def _no_payload_logs() -> None:
+    """kafka-python's DEBUG logs print whole produce requests and fetch responses: the raw
+    mail.headers records, addresses, display names and subjects in clear (found by the canary test,
+    issue 14). A process that turns DEBUG on for itself must not turn that on with it, so the
+    ``kafka`` logger is held at INFO at least whenever mailaudit builds a client."""
+    import logging
+
+    lg = logging.getLogger("kafka")
+    if lg.getEffectiveLevel() < logging.INFO:
+        lg.setLevel(logging.INFO)
+
+
 def make_producer(kcfg: KafkaConfig, **overrides: Any) -> KafkaProducer:
     """A producer with acks from every in-sync replica and a small linger, so batches form under load
     without adding visible latency. Raises ``kafka.errors.NoBrokersAvailable`` if no broker answers
     within ``bootstrap_timeout_ms`` (pass it to fail fast)."""
+    _no_payload_logs()
     kw: dict[str, Any] = {**kcfg.client_kwargs(), "acks": "all", "linger_ms": 5}
     kw.update(overrides)
     return KafkaProducer(**kw)
@@ -32,6 +45,7 @@ def make_consumer(kcfg: KafkaConfig, group_id: str | None, topics: Iterable[str]
     """A consumer that never commits on its own: mailaudit commits offsets only after the work for them
     is done. ``group_id=None`` gives a group-less consumer (assign partitions yourself); ``topics``
     subscribes through the group otherwise."""
+    _no_payload_logs()
     kw: dict[str, Any] = {
         **kcfg.client_kwargs(),
         "group_id": group_id,
@@ -65,6 +79,7 @@ def ensure_topics(
     adding partitions would move services to other partitions (keys are service names), and changing
     retention on a live topic is an operator decision, not a side effect of ``migrate``.
     """
+    _no_payload_logs()
     configs = configs or {}
     admin = make_admin(kcfg, **admin_overrides)
     try:
