@@ -214,6 +214,8 @@ def fmt_int(n: Any) -> str:
 def fmt_rate(x: float) -> str:
     if x is None or pd.isna(x):
         return "–"
+    if x >= 10_000:
+        return fmt_card(x)
     if x >= 100:
         return f"{x:,.0f}"
     if x >= 10:
@@ -231,10 +233,23 @@ def fmt_time(ts: Any, seconds: bool = False) -> str:
 
 
 def fmt_clock(ts: Any) -> str:
-    """Time of day (UTC) for metrics, where a full date does not fit; the date goes in the help."""
+    """Time of day (UTC, hours and minutes) for metric cards, where a full date does not fit (``14:07:33``
+    is cut at 1280 px); the full time goes in the help."""
     if ts is None or pd.isna(ts):
         return "–"
-    return pd.Timestamp(ts).tz_convert("UTC").strftime("%H:%M:%S")
+    return pd.Timestamp(ts).tz_convert("UTC").strftime("%H:%M")
+
+
+def fmt_duration_card(seconds: float) -> str:
+    """A duration short enough for a metric card (``23 h 59 min`` is not); fmt_duration for the help."""
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} d" if seconds >= 100 * 86400 else f"{seconds / 86400:.1f} d"
 
 
 def fmt_duration(seconds: float) -> str:
@@ -344,3 +359,22 @@ def incident_table(df: pd.DataFrame, key: str, acknowledged: dict[str, Any] | No
     rows = getattr(getattr(event, "selection", None), "rows", None) if event is not None else None
     if rows:
         st.switch_page(INCIDENT_PAGE, query_params={"incident": df.iloc[rows[0]]["incident_id"]})
+
+
+def fmt_card(n: Any) -> str:
+    """A count for a metric card: exact up to 9,999; above, three significant figures with k / M / B,
+    so six cards in a row never cut a number at 1280 px (measured in tests/test_dashboard_browser.py:
+    six characters such as ``88,888`` are cut there); the exact figure goes in the card's help."""
+    try:
+        n = int(n)
+    except (TypeError, ValueError):
+        return "–"
+    if abs(n) < 10_000:
+        return f"{n:,}"
+    units = ((1e3, "k"), (1e6, "M"), (1e9, "B"), (1e12, "T"))
+    for i, (div, unit) in enumerate(units):
+        v = n / div
+        text = f"{v:.0f}" if abs(v) >= 99.95 else f"{v:.1f}" if abs(v) >= 9.995 else f"{v:.2f}"
+        if abs(float(text)) < 1000 or i == len(units) - 1:
+            return text + unit
+    return f"{n:,}"  # not reached

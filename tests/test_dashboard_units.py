@@ -166,3 +166,14 @@ def test_dashboard_verb_refuses_exposed_host_without_password(tmp_path):
                        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert r.returncode == 2
     assert "not loopback" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_card_numbers_are_exact_below_ten_thousand_then_three_figures():
+    from mailaudit.dashboard.ui import fmt_card, fmt_rate
+
+    cases = {0: "0", 9_999: "9,999", 10_000: "10.0k", 123_630: "124k", 999_499: "999k", 999_999: "1.00M",
+             9_876_543: "9.88M", 9_995_000: "10.0M", 12_345_678: "12.3M", 1_234_567_890: "1.23B", -12_345: "-12.3k",
+             None: "–", "x": "–"}
+    assert {n: fmt_card(n) for n in cases} == cases
+    assert max(len(fmt_card(10 ** k - 1)) for k in range(1, 13)) <= 5
+    assert (fmt_rate(9_999.4), fmt_rate(12_345.0), fmt_rate(42.0)) == ("9,999", "12.3k", "42.0")

@@ -180,15 +180,18 @@ def incident_page(incident_id: str) -> None:
         first_s = min(first_s, int(table["first_seen"].min().timestamp()))
         last_s = max(last_s, int(table["last_seen"].max().timestamp()))
     m = st.columns(5)
-    m[0].metric("Leaking copies" if inc["category"] == "disclosure" else "Messages",
-                ui.fmt_int(max(summary["copies"], int(inc["copies"]))), border=True)
-    m[1].metric("Exposed addresses", ui.fmt_int(max(len(table), int(inc["exposed"]))), border=True,
-                help="distinct addresses shown to people they were not sent to")
-    m[2].metric("Seen by", ui.fmt_int(summary["recipients"]), border=True,
-                help="distinct envelope recipients of the leaking copies")
+    copies, exposed = max(summary["copies"], int(inc["copies"])), max(len(table), int(inc["exposed"]))
+    # ui.fmt_card: a card never cuts a number (exact figure in the help).
+    m[0].metric("Leaking copies" if inc["category"] == "disclosure" else "Messages", ui.fmt_card(copies),
+                border=True, help=ui.fmt_int(copies))
+    m[1].metric("Exposed addresses", ui.fmt_card(exposed), border=True,
+                help=f"{ui.fmt_int(exposed)} distinct addresses shown to people they were not sent to")
+    m[2].metric("Seen by", ui.fmt_card(summary["recipients"]), border=True,
+                help=f"{ui.fmt_int(summary['recipients'])} distinct envelope recipients of the leaking copies")
     first_ts, last_ts = pd.Timestamp(first_s, unit="s", tz="UTC"), pd.Timestamp(last_s, unit="s", tz="UTC")
     m[3].metric("First seen", ui.fmt_clock(first_ts), border=True, help=ui.fmt_time(first_ts))
-    m[4].metric("Duration", ui.fmt_duration(last_s - first_s), border=True, help=f"last seen {ui.fmt_time(last_ts)}")
+    m[4].metric("Duration", ui.fmt_duration_card(last_s - first_s), border=True,
+                help=f"{ui.fmt_duration(last_s - first_s)}, last seen {ui.fmt_time(last_ts)}")
 
     actions_panel(inc, incident_id)
 

@@ -42,23 +42,28 @@ def _live() -> None:
     lags = _lag(k.bootstrap, ((k.ingest_group, k.topic_events), (k.detect_group, k.topic_events)), k)
 
     c = st.columns(6)
-    c[0].metric("Messages", ui.fmt_int(totals["messages"].sum()), border=True,
-                help=f"distinct messages sent in the {window.lower()}")
-    c[1].metric("Recipients", ui.fmt_int(totals["recipients"].sum()), border=True,
-                help="envelope recipients of those messages")
+    # Cards show ui.fmt_card (exact below 10,000, else 3 figures + k/M/B: six cards in a row at 1280 px
+    # must not cut a number); the exact figure is in each card's help.
+    n_messages, n_recipients = totals["messages"].sum(), totals["recipients"].sum()
+    c[0].metric("Messages", ui.fmt_card(n_messages), border=True,
+                help=f"{ui.fmt_int(n_messages)} distinct messages sent in the {window.lower()}")
+    c[1].metric("Recipients", ui.fmt_card(n_recipients), border=True,
+                help=f"{ui.fmt_int(n_recipients)} envelope recipients of those messages")
     c[2].metric("Messages / s", ui.fmt_rate(stats.recent_rate(traffic, (now // bucket) * bucket, 5 * bucket)),
                 border=True, help=f"all services, last {5 * bucket // 60} complete minutes")
     critical = int((open_inc["severity"] == "critical").sum()) if not open_inc.empty else 0
-    c[3].metric("Open incidents", ui.fmt_int(len(open_inc)), border=True,
+    c[3].metric("Open incidents", ui.fmt_card(len(open_inc)), border=True,
                 delta=f"{critical} critical" if critical else None, delta_color="inverse", delta_arrow="off")
-    c[4].metric("DLQ · 24 h", ui.fmt_int(errors["recent"]), border=True,
-                help=f"events rejected to the DLQ; {ui.fmt_int(errors['total'])} kept in the errors table")
+    c[4].metric("DLQ · 24 h", ui.fmt_card(errors["recent"]), border=True,
+                help=f"{ui.fmt_int(errors['recent'])} events rejected to the DLQ; {ui.fmt_int(errors['total'])} kept "
+                     "in the errors table")
     if lags is None:
         c[5].metric("Consumer lag", "–", border=True, help="Kafka not reachable from the dashboard")
     else:
         by_group = {x.group: x.records for x in lags}
-        c[5].metric("Consumer lag", ui.fmt_int(by_group.get(k.ingest_group, 0)), border=True,
-                    help="records of mail.headers not yet stored (ingest group); detector: "
+        c[5].metric("Consumer lag", ui.fmt_card(by_group.get(k.ingest_group, 0)), border=True,
+                    help=f"{ui.fmt_int(by_group.get(k.ingest_group, 0))} records of mail.headers not yet stored "
+                         "(ingest group); detector: "
                          f"{ui.fmt_int(by_group.get(k.detect_group, 0))}")
 
     services = sorted(set(traffic["service"]))
