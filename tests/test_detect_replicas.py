@@ -65,7 +65,7 @@ def test_survivor_takes_over_a_killed_replica_alerts_equal_the_backtest(make_cfg
     create_topics(cfg.kafka)
     db = Database(cfg.clickhouse)
     migrate(db)
-    events = list(Simulator(seed=21, rate=30.0).events(
+    events = list(Simulator(seed=21, rate=20.0).events(
         1800, incident=["concatenated_to", "cc_leak", "bcc_left", "run_together"], incident_at_s=300))
     expected_ids, expected_incidents = _expected(cfg, events)
     assert len(expected_ids) >= 8 and len(expected_incidents) >= 4
@@ -106,16 +106,23 @@ def test_survivor_takes_over_a_killed_replica_alerts_equal_the_backtest(make_cfg
         def alert_ids():
             return {r[0] for r in db.execute("SELECT toString(alert_id) FROM {db}.alerts FINAL")}
 
-        wait_until(lambda: alert_ids() >= expected_ids or survivor.poll() is not None, 150,
-                   what="every backtest alert from the survivor")
-        assert survivor.poll() is None, "the survivor died"
-        time.sleep(2)                                                   # anything extra would show now
         slog = logs[[p.pid for p in procs].index(survivor.pid)]
-        slog.flush()
-        restored = {(int(p), int(pos)) for t, p, pos in _RESTORED.findall(open(slog.name).read())
+
+        def restored():
+            slog.flush()
+            return {(int(p), int(pos)) for t, p, pos in _RESTORED.findall(open(slog.name).read())
                     if t == cfg.kafka.topic_events}
-        # The survivor restored each of the dead replica's partitions at the dead one's checkpoint.
-        assert {(p, pos) for p, pos in taken.items()} <= restored, (taken, restored)
+
+        def survivor_done():
+            assert survivor.poll() is None, "the survivor died"
+            return dict(db.execute("SELECT partition, position FROM {db}.detect_checkpoints FINAL")) == ends
+
+        # The survivor restores each of the dead replica's partitions at the dead one's checkpoint ...
+        wait_until(lambda: set(taken.items()) <= restored(), 60, what="the survivor restoring the dead one's partitions")
+        # ... and reads every partition to its end (the checkpoints reach every end offset).
+        wait_until(survivor_done, 150, what="the survivor at the end of every partition")
+        wait_until(lambda: alert_ids() >= expected_ids, 30, what="every backtest alert")
+        time.sleep(2)                                                   # anything extra would show now
         survivor.send_signal(signal.SIGTERM)
         assert survivor.wait(30) == 0
     finally:

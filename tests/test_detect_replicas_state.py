@@ -21,8 +21,8 @@ def _ids(alerts):
 
 def test_engine_state_round_trips_through_the_wire_form_mid_stream():
     hasher = AddressHasher("11" * 16, "k1")
-    events = list(Simulator(seed=4, rate=30.0).events(1200, incident=["concatenated_to", "cc_leak", "bcc_left"],
-                                                       incident_at_s=600))
+    events = list(Simulator(seed=4, rate=15.0).events(900, incident=["concatenated_to", "cc_leak", "bcc_left"],
+                                                       incident_at_s=450))
     cfg = DetectConfig()
     whole = DetectionEngine(cfg, clock=None, hasher=hasher)
     expected = [a.to_json() for e in events for a in whole.process(e)] + [a.to_json() for a in whole.flush()]
