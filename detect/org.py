@@ -6,9 +6,9 @@ are not people in that sense: a newsletter whose To shows ``list@acme`` and whos
 visible address is put on one of two sides:
 
 * **org** ("us"): the copy's own From address (shown to every recipient anyway); an address at a
-  configured ``org_domains`` domain (or a subdomain: the
-  operator's staff domains, the role of Exchange's accepted domains); a configured ``role_addresses``
-  entry; a *learned* role address.
+  configured ``org_domains`` domain (or a subdomain: the operator's staff domains, the role of
+  Exchange's accepted domains); a configured ``role_addresses`` entry; a role mailbox name (RFC 2142:
+  support@, info@, list@, ...) at one of the service's own domains; a *learned* role address.
 * **external**: everybody else — customers, partners, and the operator's own-domain mailboxes that
   are none of the above. An ISP or a university shares its domain with its customers, so "at the
   sender's domain" alone never makes an address "us".
@@ -155,9 +155,11 @@ class OrgModel:
     def is_org(self, addr: str, ident, from_: tuple[str, ...] = ()) -> bool:
         if addr in from_ or addr in self.roles:
             return True
-        dom = addr.rpartition("@")[2]
+        local, _, dom = addr.rpartition("@")
         if self.org_domains and _under(dom, self.org_domains):
             return True
+        if local in ROLE_LOCALS and self.is_own_domain(dom):
+            return True                 # support@ at our own domain is a function, never a person
         return bool(self.learned) and ident(addr) in self.learned
 
     def is_own_domain(self, domain: str) -> bool:

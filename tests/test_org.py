@@ -71,13 +71,13 @@ def test_role_addresses_are_learned_only_at_own_domains_and_never_at_consumer_pr
     m.see_from(("shop.owner@gmail.com",))                  # a consumer From never makes gmail "ours"
     for i in range(3):
         env = (f"c{i}@gmail.com",)
-        m.observe("nl", ("support@acme.example", "friend@gmail.com"), env, ident)
-    assert m.is_org("support@acme.example", ident)
+        m.observe("nl", ("j.berg@acme.example", "friend@gmail.com"), env, ident)
+    assert m.is_org("j.berg@acme.example", ident)
     assert not m.is_org("friend@gmail.com", ident)
     # Shown three times to the SAME envelope: not learned.
     for _ in range(5):
-        m.observe("nl", ("billing@acme.example",), ("same@gmail.com",), ident)
-    assert not m.is_org("billing@acme.example", ident)
+        m.observe("nl", ("k.roth@acme.example",), ("same@gmail.com",), ident)
+    assert not m.is_org("k.roth@acme.example", ident)
     # A copy showing many own-domain addresses is a leaked list, not a role pattern: it teaches nothing.
     many = tuple(f"u{i}@acme.example" for i in range(5))
     for i in range(5):
@@ -85,7 +85,8 @@ def test_role_addresses_are_learned_only_at_own_domains_and_never_at_consumer_pr
     assert not any(m.is_org(a, ident) for a in many)
     # State is plain JSON and round-trips.
     back = OrgModel.from_state(json.loads(json.dumps(m.to_state())), learn_copies=3)
-    assert back.is_org("support@acme.example", ident) and back.own == m.own
+    assert back.is_org("j.berg@acme.example", ident) and back.own == m.own
+    assert m.is_org("support@acme.example", ident)          # a role mailbox name at our own domain
 
 
 def test_configured_org_domains_and_role_addresses_are_us():
@@ -353,3 +354,16 @@ def test_a_list_some_of_whose_members_never_get_the_mail_still_fires_after_the_w
     evs = [ev(", ".join(att), [a], t=j * 700, template="invite") for j, a in enumerate(att[:2])]
     out = run(eng, evs)
     assert out and out[0].severity == "warning" and out[0].evidence["strangers_unaccounted"] == 2
+
+
+def test_own_domain_role_mailbox_names_are_us_from_the_first_copy():
+    """A once-a-minute announcement: no time to learn, but support@/customers@ at our domain are functions."""
+    eng = engine()
+    evs = [ev("customers@acme.example", [c], cc="support@acme.example", t=i * 60_000, campaign="slow")
+           for i, c in enumerate(customers(3))]
+    assert run(eng, evs) == [] and eng.stats["waits"] == 0
+    # A person at our domain is not: an ISP's customers stay people until learned (or never).
+    evs = [ev("sub1@acme.example, sub2@acme.example", [c], t=i * 60_000, campaign="slow2")
+           for i, c in enumerate(customers(2, 50))]
+    run(eng, evs)
+    assert eng.stats["waits"] == 2
