@@ -44,6 +44,53 @@ def _leak(i: int, now_ms: int) -> Event:
                  campaign=f"bench-leak-{i}", template="weekly")
 
 
+# The other rule paths, each on a service of its own with a 1 message/s history: (path, alert kind,
+# service, what the engine waits for in event time before it can decide).
+PATHS = (
+    ("group_wait_disclosure", "visible_disclosure", "probe-wait", 5000,
+     "group_wait_s (5 s) of the service's event time, for sibling submissions of the Message-ID"),
+    ("merge_slip", "visible_disclosure", "probe-slip", 5000,
+     "the 3rd slipped copy, then group_wait_s (5 s) before the copies are judged"),
+    ("recipient_spike", "recipient_spike", "probe-recip", 0, "none: decided on the copy itself"),
+    ("volume_spike", "volume_spike", "probe-volume", 120_000,
+     "the end of the 60 s bucket plus lateness_s (60 s) before the bucket is closed (at most)"),
+)
+
+
+def _mail(ms: int, service: str, to: str, envelope: list[str], campaign: str, cc: str = "") -> Event:
+    return Event(event_id=str(uuid.uuid4()), sent_at_ms=ms, service=service,
+                 message_id=f"<{uuid.uuid4().hex}@probe.example>", from_="Probe <probe@probe.example>", to=to,
+                 envelope_to=envelope, campaign=campaign, template="probe", cc=cc)
+
+
+def _path_probes(start_ms: int, duration_s: float) -> list[tuple[int, str | None, Event]]:
+    """(send ms, path or None, event): 1 message/s of history on each probe service from 30 s before
+    the run to its end (at least 8 s past the triggers), and at ``at`` (20 s, or half the run) one
+    trigger per path; the volume burst (30/s for 60 s) is sent only in a run of more than 150 s, the
+    time it needs to be decided."""
+    out: list[tuple[int, str | None, Event]] = []
+    at = start_ms + int(min(20.0, duration_s / 2) * 1000)
+    end_ms = max(start_ms + int(duration_s * 1000), at + 8000)     # history past every 5 s wait
+    for k, (_, _, svc, _, _) in enumerate(PATHS):
+        # 30 s of it in the past (sent at once at the start, within lateness_s): a baseline even in a short run.
+        for i, ms in enumerate(range(start_ms - 30_000 + 137 * k, end_ms, 1000)):
+            u = f"user{i}.{svc}@gmail.com"
+            out.append((ms, None, _mail(ms, svc, u, [u], "history")))
+    a, b, c = "amy.probe@gmail.com", "bob.probe@yahoo.com", "cat.probe@outlook.com"
+    out.append((at, "group_wait_disclosure", _mail(at, "probe-wait", f"{a}, {b}, {c}", [a], "wait")))
+    for k in range(3):                      # each copy shows one different outsider, in Cc
+        r, x = f"rcpt{k}.probe@gmail.com", f"other{k}.probe@hotmail.com"
+        out.append((at + 1000 * k, "merge_slip" if k == 2 else None, _mail(at + 1000 * k, "probe-slip", r, [r], "slip", cc=x)))
+    env = [f"r{i}.probe@gmail.com" for i in range(200)]
+    out.append((at, "recipient_spike", _mail(at, "probe-recip", "list@probe.example", env, "history")))
+    if duration_s > 150:
+        for i in range(1800):
+            ms = at + i * 33
+            u = f"burst{i}.probe@gmail.com"
+            out.append((ms, "volume_spike" if i == 0 else None, _mail(ms, "probe-volume", u, [u], "history")))
+    return out
+
+
 def _pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -51,7 +98,7 @@ def _pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: float) -> dict:
+def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: float, paths: bool = True) -> dict:
     load_before = [float(x) for x in os.getloadavg()]
     uid = uuid.uuid4().hex[:8]
     cfg = Config()
@@ -72,6 +119,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
     det = subprocess.Popen([sys.executable, "-m", "mailaudit", "--config", str(path), "detect", "--log-level", "WARNING"],
                            stdout=subprocess.DEVNULL, stderr=open(state / f"detect-{uid}.log", "wb"))
     arrivals: dict[str, float] = {}
+    path_arrivals: dict[tuple[str, str], float] = {}
     stop = threading.Event()
 
     def watch():
@@ -84,6 +132,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
                     a = json.loads(r.value)
                     if a["status"] == "open":
                         arrivals.setdefault(a["trigger_event_id"], t)
+                        path_arrivals.setdefault((a["kind"], a["service"]), t)
         c.close()
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -110,29 +159,48 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
         sim = Simulator(seed=21, rate=rate, rhythm=False, burst=1.0, start_ms=start_ms)
         planned = []
         for e in sim.events(duration_s):
-            planned.append((e.sent_at_ms, e.service.encode(), e.encode()))
+            planned.append((e.sent_at_ms, e.service.encode(), e.encode(), None))
+        if paths:
+            planned.extend((ms, e.service.encode(), e.encode(), tag) for ms, tag, e in _path_probes(start_ms, duration_s))
+            planned.sort(key=lambda x: x[0])
+        path_sent: dict[str, float] = {}
+        main_left = sum(1 for x in planned if x[3] is None and not x[1].startswith(b"probe-"))
+        elapsed = None
         while time.time() * 1000 < start_ms:
             time.sleep(0.005)
         t0 = start_ms / 1000.0
         next_leak = t0 + 1.0
         leaks = 0
         published = 0
-        for sent_ms, key, value in planned:
+        for sent_ms, key, value, tag in planned:
             wait = sent_ms / 1000.0 - time.time()
             if wait > 0.002:
                 time.sleep(wait)
+            if tag is not None:
+                path_sent[tag] = time.time()
             producer.send(cfg.kafka.topic_events, key=key, value=value)
+            if key.startswith(b"probe-"):
+                continue
             published += 1
-            if time.time() >= next_leak:
+            main_left -= 1
+            if not main_left:
+                producer.flush()
+                elapsed = time.time() - t0      # after the flush: what was offered was also handed over
+            if main_left and time.time() >= next_leak:
                 leak = _leak(leaks, int(time.time() * 1000))
                 sent[leak.event_id] = time.time()
                 producer.send(cfg.kafka.topic_events, key=b"newsletter", value=leak.encode())
                 leaks += 1
                 next_leak += leak_every_s
         producer.flush()
-        elapsed = time.time() - t0          # after the flush: what was offered was also handed over
+        if elapsed is None:
+            elapsed = time.time() - t0
+        # Leaks: up to 30 s more; the other paths: up to 10 s more (a path that did not fire by then,
+        # e.g. a spike without enough history, is reported as not alerted).
         deadline = time.time() + 30
-        while time.time() < deadline and not all(k in arrivals for k in sent):
+        paths_deadline = time.time() + 10
+        while time.time() < deadline and not (all(k in arrivals for k in sent) and (time.time() > paths_deadline or all(
+                (kind, svc) in path_arrivals for name, kind, svc, _, _ in PATHS if name in path_sent))):
             time.sleep(0.1)
     finally:
         t_stop = time.time()
@@ -146,6 +214,14 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
             det.kill()
         phases["stop_s"] = round(time.time() - t_stop, 1)
     lat = [arrivals[k] - t for k, t in sent.items() if k in arrivals]
+    path_lat = {}
+    for name, kind, svc, wait_ms, waits_for in PATHS:
+        if name in path_sent:
+            got = path_arrivals.get((kind, svc))
+            ms = 1000 * (got - path_sent[name]) if got else None
+            path_lat[name] = {"latency_ms": ms, "alerted": got is not None, "event_time_wait_ms": wait_ms,
+                              "beyond_event_time_wait_ms": ms - wait_ms if ms is not None else None,
+                              "event_time_wait": waits_for}
     return {
         "rate_target": rate,
         "rate_achieved": published / elapsed,
@@ -154,6 +230,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
         "p50_ms": 1000 * _pct(lat, 0.5) if lat else None,
         "p99_ms": 1000 * _pct(lat, 0.99) if lat else None,
         "max_ms": 1000 * max(lat) if lat else None,
+        "paths": path_lat,
         "phases_s": phases,
         "loadavg_before": load_before,
         "loadavg_after": [float(x) for x in os.getloadavg()],
@@ -177,7 +254,15 @@ def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak
             med = {k: statistics.median(r[k] for r in per if r[k] is not None)
                    for k in ("rate_achieved", "p50_ms", "p99_ms", "max_ms") if any(r[k] is not None for r in per)}
             p99s = [r["p99_ms"] for r in per if r["p99_ms"] is not None]
-            results.append({"rate_target": rate, **med, "p99_worst_ms": max(p99s) if p99s else None,
+            paths = {}
+            for name, *_ in PATHS:
+                runs_ms = [r["paths"][name]["latency_ms"] for r in per if name in r["paths"]]
+                if runs_ms:
+                    got = [x for x in runs_ms if x is not None]
+                    paths[name] = {"latency_ms_runs": runs_ms, "median_ms": statistics.median(got) if got else None,
+                                   "event_time_wait": per[0]["paths"][name]["event_time_wait"],
+                                   "event_time_wait_ms": per[0]["paths"][name]["event_time_wait_ms"]}
+            results.append({"rate_target": rate, **med, "p99_worst_ms": max(p99s) if p99s else None, "paths": paths,
                             "leaks": sum(r["leaks"] for r in per),
                             "alerted": sum(r["alerted"] for r in per), "runs": per})
     finally:

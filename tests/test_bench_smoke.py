@@ -45,6 +45,13 @@ def test_bench_latency_tiny(stack):
         assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
         assert _load(run["loadavg_before"]) and _load(run["loadavg_after"])
     assert r["p99_worst_ms"] == max(run["p99_ms"] for run in r["runs"]) >= r["p99_ms"]
+    # the other rule paths: group wait and merge slip wait 5 s of event time, a recipient spike none
+    # (a volume spike needs a run of minutes: not in a tiny run)
+    for name, wait in (("group_wait_disclosure", 5000), ("merge_slip", 5000), ("recipient_spike", 0)):
+        p = r["paths"][name]
+        assert len(p["latency_ms_runs"]) == 2 and p["event_time_wait_ms"] == wait
+        assert all(x is not None and x >= wait for x in p["latency_ms_runs"]), (name, p)
+    assert "volume_spike" not in r["paths"]
 
 
 def test_bench_dashboard_tiny(stack):
