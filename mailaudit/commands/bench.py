@@ -14,7 +14,8 @@ HELP = "benchmarks: ingest, latency, parser, backtest, nab, dashboard, detection
 
 LOCAL_STACK = False        # each suite starts its own servers
 
-SUITES = ("ingest", "latency", "parser", "backtest", "nab", "dashboard", "milter", "model_eval", "detection", "scale")
+SUITES = ("ingest", "latency", "parser", "backtest", "nab", "dashboard", "milter", "model_eval", "detection", "scale",
+          "detect_profile")
 # What `bench all` runs, with arguments that keep the whole suite within ~15 minutes here.
 ALL = {"parser": {}, "backtest": {}, "ingest": {"n": 50_000, "runs": 3}, "latency": {"duration_s": 45.0}, "milter": {"n": 5000}, "nab": {}, "detection": {}}
 
@@ -29,6 +30,8 @@ def configure(p):
     p.add_argument("--scale", type=float, help="detection: pattern size factor (default 1.0)")
     p.add_argument("--cv", action="store_true",
                    help="nab: cross-validated figures (leave one category / one file out, bench/nab_cv.py)")
+    p.add_argument("--rates", help="latency: comma-separated offered rates (default 1000,2000,5000,8000)")
+    p.add_argument("--duration", type=float, help="latency: seconds per run")
     p.add_argument("--plot", help="latency: write the latency-vs-rate PNG here (default bench/latency.png in a checkout)")
 
 
@@ -43,6 +46,10 @@ def _kwargs(suite: str, args) -> dict:
             kw["half"] = args.half
         if getattr(args, "scale", None):
             kw["scale"] = args.scale
+    if suite == "latency" and getattr(args, "rates", None):
+        kw["rates"] = tuple(int(r) for r in args.rates.split(","))
+    if suite == "latency" and getattr(args, "duration", None):
+        kw["duration_s"] = args.duration
     if suite == "latency":
         plot = args.plot or ("bench/latency.png" if os.path.isdir("bench") else None)
         if plot:
