@@ -39,6 +39,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from mailaudit.ingest.clickhouse import Database, ident
 from mailaudit.ingest.keys import KeyRing
@@ -224,8 +225,9 @@ def wait_for_mutations(db: Database, table: str, timeout_s: float) -> None:
 
 def forget(db: Database, ring: KeyRing, addresses: list[str], *, actor: str | None = None, reason: str = "",
            mode: str = "anonymise", erase_domains: bool = False, verify: bool = True, dry_run: bool = False,
-           timeout_s: float = 600.0) -> ErasureResult:
-    """Erase every trace of ``addresses`` (hashed with every key of ``ring``); see the module doc."""
+           timeout_s: float = 600.0, progress: Callable[[str], None] | None = None) -> ErasureResult:
+    """Erase every trace of ``addresses`` (hashed with every key of ``ring``); see the module doc.
+    ``progress(table)`` is called as each table is started (the CLI's progress bar)."""
     if mode not in ("anonymise", "delete"):
         raise ValueError("mode must be 'anonymise' or 'delete'")
     addrs = sorted({normalise_address(a) for a in addresses if normalise_address(a)})
@@ -242,6 +244,8 @@ def forget(db: Database, ring: KeyRing, addresses: list[str], *, actor: str | No
         for spec in SPECS:
             if spec.table not in present:
                 continue
+            if progress is not None:
+                progress(spec.table)
             t = ident(spec.table)
             cols = _columns(db, spec.table)
             hash_cond = _hash_condition(spec, work, cols)

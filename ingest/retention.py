@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from mailaudit.config import RetentionConfig
 from mailaudit.ingest.clickhouse import Database, ident
@@ -121,8 +122,10 @@ def _naive(value: dt.datetime) -> dt.datetime:
 
 
 def run_retention(db: Database, retention: RetentionConfig, now: dt.datetime | None = None,
-                  dry_run: bool = False, force: bool = False, tables: tuple[str, ...] | None = None) -> list[TableResult]:
-    """Apply retention to every known table present; ``force`` also acts on tables that have a TTL."""
+                  dry_run: bool = False, force: bool = False, tables: tuple[str, ...] | None = None,
+                  progress: Callable[[str], None] | None = None) -> list[TableResult]:
+    """Apply retention to every known table present; ``force`` also acts on tables that have a TTL.
+    ``progress(table)`` is called as each table is started (the CLI's progress bar)."""
     now = now or dt.datetime.now(_UTC)
     present = _tables(db)
     results = []
@@ -131,6 +134,8 @@ def run_retention(db: Database, retention: RetentionConfig, now: dt.datetime | N
             continue
         if rule.table not in present:
             continue
+        if progress is not None:
+            progress(rule.table)
         days = int(getattr(retention, rule.days_field))
         if days <= 0:
             results.append(TableResult(rule.table, None, skipped=f"{rule.days_field} = 0: kept forever"))

@@ -122,3 +122,44 @@ def test_an_opening_alert_reads_as_what_happened_and_what_to_do_next():
     out = s.lines(1234)
     assert out[0] == "summary: 1 incident(s) (1 critical), 2 alert(s), 1234 events stored"
     assert "copies 40" in out[1] and "exposed 210" in out[1]
+
+
+def _on_a_terminal(args, cwd) -> bytes:
+    """Run ``mailaudit ARGS`` with stderr on a pseudo-terminal (120 columns); what the terminal got."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILAUDIT_")}
+    p = subprocess.Popen([sys.executable, "-m", "mailaudit", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:                      # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait(120) == 0, out[-2000:]
+    return out
+
+
+def test_long_work_shows_progress_on_a_terminal_and_nothing_in_a_pipe(tmp_path):
+    events = tmp_path / "e.jsonl"
+    sim = ["simulate", "--jsonl", str(events), "--duration", "900", "--rate", "20", "--seed", "4"]
+    tty = _on_a_terminal(sim, tmp_path)
+    assert b"traffic:" in tty and b"/900 [" in tty and b"%|" in tty          # a bar over event time
+    piped = _cli(sim, {}, tmp_path)
+    assert piped.returncode == 0 and "\r" not in piped.stderr and "traffic:" not in piped.stderr
+    assert piped.stderr.splitlines()[0].startswith("simulate: ")            # no server line: a file needs none
+    tty = _on_a_terminal(["backtest", str(events), "--jobs", "1"], tmp_path)
+    assert b"backtest:" in tty and b"B/s" in tty                              # a bar over the file's bytes
+    piped = _cli(["backtest", str(events), "--jobs", "1"], {}, tmp_path)
+    assert piped.returncode == 0 and "\r" not in piped.stderr and piped.stderr.count("\n") == 1

@@ -40,7 +40,10 @@ def run(args, cfg) -> int:
                 exposure_out = open(args.exposure_out, "w", encoding="utf-8")
             except OSError as e:
                 raise UserError(f"cannot write {args.exposure_out}: {e.strerror}") from None
-        res = run_backtest(src, cfg.detect, sys.stdout, sys.stderr, extra_fields=cfg.privacy.extra_fields,
+        from mailaudit.progress import lines_with_progress
+
+        lines = src if args.file == "-" else lines_with_progress(src, "backtest")
+        res = run_backtest(lines, cfg.detect, sys.stdout, sys.stderr, extra_fields=cfg.privacy.extra_fields,
                            hasher=hasher, exposure_out=exposure_out, jobs=jobs)
         sys.stdout.flush()
     except BrokenPipeError:          # `mailaudit backtest f | head`: the reader left, not an error

@@ -79,8 +79,11 @@ def _run(suite: str, args) -> dict:
 def run(args, cfg) -> int:
     suites = [s for s in ALL if s != "nab" or args.nab or os.path.isdir("../shared/nab")] if args.suite == "all" else [args.suite]
     results = {}
-    for s in suites:
-        print(f"bench {s} ...", file=sys.stderr)
+    from mailaudit.progress import enabled, steps
+
+    for s in (steps(suites, "bench") if len(suites) > 1 and enabled() else suites):
+        if not enabled():
+            print(f"bench {s} ...", file=sys.stderr)
         results[s] = _run(s, args)
         if not args.json:
             print(json.dumps({s: results[s]}, indent=2, default=str))

@@ -61,13 +61,17 @@ def _run(args, cfg) -> int:
         raise UserError(f"{bad} of {len(addrs)} input line(s) do not look like an address (local@domain)")
     ring = KeyRing.from_config(cfg.privacy)
     db = Database(cfg.clickhouse)
+    from mailaudit.progress import bar
+
+    b = bar(None, "forget", unit="table")        # on a terminal only: the tables as they are worked on
     try:
         res = forget(db, ring, addrs, actor=args.actor, reason=args.reason, mode=args.mode,
                      erase_domains=args.erase_domains, verify=not args.no_verify, dry_run=args.dry_run,
-                     timeout_s=args.timeout)
+                     timeout_s=args.timeout, progress=lambda t: (b.set_postfix_str(t), b.update(1)))
     except TimeoutError as e:
         raise UserError(str(e)) from None
     finally:
+        b.close()
         db.disconnect()
     if args.json:
         print(json.dumps(res.as_dict(), sort_keys=True))

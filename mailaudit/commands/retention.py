@@ -32,10 +32,15 @@ def _run(args, cfg) -> int:
     from mailaudit.ingest.erasure import default_actor, record_audit
     from mailaudit.ingest.retention import run_retention
 
+    from mailaudit.progress import bar
+
     db = Database(cfg.clickhouse)
+    b = bar(None, "retention", unit="table")     # on a terminal only: the tables as they are worked on
     try:
         results = run_retention(db, cfg.retention, dry_run=args.dry_run, force=args.force,
-                                tables=tuple(args.table) if args.table else None)
+                                tables=tuple(args.table) if args.table else None,
+                                progress=lambda t: (b.set_postfix_str(t), b.update(1)))
+        b.close()
         changed = [r for r in results if r.dropped or r.deleted_rows]
         if changed and not args.dry_run:
             record_audit(db, args.actor or default_actor(), "retention", "", {

@@ -20,6 +20,10 @@ from mailaudit.cli import UserError
 from mailaudit.ingest.simulator import INCIDENT_KINDS, SERVICES, Simulator
 from mailaudit.ingest.wire import format_time, parse_time
 
+def LOCAL_STACK(args) -> bool:     # noqa: N802 - the CLI's per-verb flag: a --jsonl file needs no server
+    return not args.jsonl
+
+
 HELP = "realistic mailer traffic into Kafka (or a JSONL file), with --incident injections"
 
 FOREVER_S = 10 * 365 * 86400.0
@@ -92,6 +96,9 @@ def run(args, cfg) -> int:
     counts: Counter = Counter()
     t0 = time.monotonic()
     failed = 0
+    # On a terminal, a bar over the event time covered so far (the history load of `mailaudit run`).
+    if args.duration:
+        events = _with_progress(events, start_ms, args.duration, "past traffic" if args.fast else "traffic")
     try:
         if args.jsonl:
             _to_jsonl(args.jsonl, events, counts)
@@ -112,6 +119,19 @@ def run(args, cfg) -> int:
             with open(args.injected, "w", encoding="utf-8") as f:
                 json.dump([vars(i) for i in sim.injected], f, indent=1)
     return 1 if failed else 0
+
+
+def _with_progress(events, start_ms: int, duration_s: float, desc: str):
+    from mailaudit.progress import bar
+
+    with bar(round(duration_s), desc, unit="s") as b:
+        done = 0
+        for ev in events:
+            now = min(int((ev.sent_at_ms - start_ms) / 1000), round(duration_s))
+            if now > done:
+                b.update(now - done)
+                done = now
+            yield ev
 
 
 def _to_jsonl(path: str, events, counts: Counter) -> None:
