@@ -567,9 +567,10 @@ class SpikeDetector:
 
         ``seen`` is the largest value at this time of week (or of month, +- one slot) in the previous
         cycles; it counts only if it was itself extreme (beyond the ``tail_k``-th largest remembered
-        value): a schedule is a recurring *surge*, ordinary highs are the daily profile's. A rise over the baseline up to ``schedule_ratio`` x that seen rise is the schedule
-        again (a blast's size varies from week to week); a larger one is a real surge at the scheduled
-        time and is scored as usual."""
+        value): a schedule is a recurring *surge*, ordinary highs are the daily profile's. A rise over
+        the baseline up to ``schedule_ratio`` x that seen rise is the schedule again (a blast's size
+        varies a little from week to week); a larger one is a real surge at the scheduled time and is
+        scored as usual."""
         seen = None
         for sc in self._sched:
             v = sc.seen(t)
