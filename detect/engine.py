@@ -674,7 +674,7 @@ class DetectionEngine:
 
 def _strip(sig: Signals) -> Signals:
     """A waiting copy keeps its figures but not its raw stranger addresses."""
-    return replace(sig, strangers=(), bcc_exposed=())
+    return replace(sig, strangers=(), bcc_exposed=(), org=())
 
 
 def _count_exposed(inc: Incident, fp: str | None, disclosed: list[AddrInfo], envelope_ids: set[int],

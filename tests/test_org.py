@@ -367,3 +367,18 @@ def test_own_domain_role_mailbox_names_are_us_from_the_first_copy():
            for i, c in enumerate(customers(2, 50))]
     run(eng, evs)
     assert eng.stats["waits"] == 2
+
+
+def test_checkpoint_with_org_and_slip_state_holds_no_raw_address():
+    h = AddressHasher(b"s" * 32, "k1")
+    eng = engine(hasher=h)
+    lst = customers(6)
+    for i in range(5):
+        eng.process(ev("j.berg@acme.example, k.roth@acme.example", [lst[i]], t=i * 100, campaign="n"))
+        eng.process(ev(lst[i], [lst[i]], cc=lst[i + 1], t=i * 100 + 50, campaign="m"))
+        eng.process(ev(f"support@acme.example, {lst[i]}, x{i}@yahoo.com, y{i}@gmx.de", [lst[i]],
+                       t=i * 100 + 70))                                            # waits (pending)
+    blob = json.dumps(eng.state_dict())
+    assert eng.services["svc"].pending and eng.services["svc"].slips.scopes
+    for a in lst + ["j.berg@acme.example", "k.roth@acme.example", "x1@yahoo.com", "support@acme.example"]:
+        assert a not in blob and a.split("@")[0] not in blob
