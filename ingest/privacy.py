@@ -304,9 +304,14 @@ _BARE_RX = re.compile(r'[^\s\[\]{}:,"]+')
 _NUMBER_RX = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\Z")
 _SAFE_KEY_RX = re.compile(r"[A-Za-z0-9_.\-]{1,40}\Z")
 _ADDRESSY_RX = re.compile(r'[^\s<>(),;"\\]*@[^\s<>(),;"\\]*')
-# Wire fields whose values are identifiers, never personal text: kept (addresses in them masked).
-SAFE_VALUE_KEYS = frozenset({"v", "event_id", "sent_at", "service", "campaign", "template", "size_bytes",
-                             "message_id"})
+# Wire fields whose values are identifiers: kept when they look like one (a subject sent in
+# "size_bytes" does not), addresses in them masked.
+SAFE_VALUES = {
+    "v": re.compile(r"\d{1,6}\Z"), "size_bytes": re.compile(r"-?\d{1,15}\Z"),
+    "event_id": re.compile(r"[0-9A-Fa-f-]{1,40}\Z"), "sent_at": re.compile(r"[0-9TZtz:.+\- ]{1,40}\Z"),
+    "service": re.compile(r"[\w.:/-]{1,64}\Z"), "campaign": re.compile(r"[\w.:/-]{1,64}\Z"),
+    "template": re.compile(r"[\w.:/-]{1,64}\Z"), "message_id": re.compile(r"[^\s]{1,100}\Z"),
+}
 ELIDED = "\u2026"
 
 
@@ -337,7 +342,8 @@ def redact_structure(text: str) -> str:
                     last_key = body if _SAFE_KEY_RX.match(body) else None
                     out.append(f'"{body}"' if last_key else f'"{ELIDED}"')
                 else:
-                    if last_key in SAFE_VALUE_KEYS and len(body) <= 100:
+                    rx = SAFE_VALUES.get(last_key or "")
+                    if rx is not None and rx.match(body):
                         out.append('"' + redact_text(body) + '"')
                     else:
                         out.append('"' + _masked_addresses(body) + '"')
