@@ -85,7 +85,8 @@ def disclosure_signals(
     ident: Callable[[str], int] | None = None,
 ) -> Signals:
     """The verdict on one copy. ``org``/``ident``: the service's organisation model and the address
-    id function it keys on; without them only the copy's own From address counts as "us"."""
+    id function it keys on; without them the configured ``org_domains``/``role_addresses``, the
+    copy's own From address and role mailbox names at its domain count as "us" (nothing learned)."""
     visible = ps.visible
     envelope = set(ps.envelope)
     n_visible = len(visible)
@@ -106,10 +107,13 @@ def disclosure_signals(
             all_strangers=sum(1 for a in visible if a not in envelope),
         )
 
-    if org is not None and ident is not None:
-        ours = {a for a in visible if org.is_org(a, ident, from_)}
-    else:
-        ours = {a for a in visible if a in from_}
+    if org is None or ident is None:
+        # A stateless caller (the inline milter policy): the configured organisation and the copy's
+        # own domain, without what a service's history would teach.
+        org = OrgModel(rules.org_domains, rules.role_addresses, 0, rules.role_max)
+        org.see_from(from_)
+        ident = _no_ident
+    ours = {a for a in visible if org.is_org(a, ident, from_)}
     strangers = tuple(a for a in visible if a not in envelope and a not in ours)
     n_strangers = len(strangers)
     domains = len({a.rpartition("@")[2] for a in visible})
@@ -121,7 +125,7 @@ def disclosure_signals(
     people = own_customers = 0
     orgs: set[str] = set()
     own_seen = False
-    own_check = org is not None and bool(org.own or org.org_domains)
+    own_check = bool(org.own or org.org_domains)
     for a in visible:
         if a in ours:
             continue
@@ -159,7 +163,7 @@ def disclosure_signals(
         bcc_exposed = tuple(
             b for b in dict.fromkeys(bcc.addresses)
             if any(e != b for e in envelope)
-            and not (b in from_ or (org is not None and ident is not None and org.is_org(b, ident, from_)))
+            and not org.is_org(b, ident, from_)
         )
 
     kinds: list[str] = []
@@ -208,6 +212,10 @@ def disclosure_signals(
         parties=max(parties, campaign_parties) if ps.event.campaign else parties,
         all_strangers=sum(1 for a in visible if a not in envelope),
     )
+
+
+def _no_ident(addr: str) -> int:
+    raise AssertionError("a stateless organisation model has nothing learned to look up")
 
 
 def _garbled(header) -> bool:

@@ -206,3 +206,13 @@ def test_configured_roles_and_org_domains_leave_the_strangers():
     s = disclosure_signals(parse_event(e), RULES, org=org, ident=hash)
     assert set(s.org) == {"list@partner.example", "bob@staff.acme.example"}
     assert s.strangers == ("eve@gmail.com",) and s.all_strangers == 3
+
+
+def test_stateless_callers_get_the_configured_organisation_and_the_copys_own_domain():
+    """The inline milter policy calls disclosure_signals without a service's model."""
+    rules = DisclosureRules(role_addresses=["list@partner.example"], org_domains=["staff.example"])
+    e = ev("list@partner.example, boss@staff.example, support@acme.example, x@gmail.com, y@yahoo.com",
+           ["c@gmail.com"])
+    s = sig(e, rules)
+    assert set(s.org) == {"list@partner.example", "boss@staff.example", "support@acme.example"}
+    assert s.strangers == ("x@gmail.com", "y@yahoo.com") and s.verdict == WAIT
