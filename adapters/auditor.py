@@ -41,14 +41,15 @@ class Auditor:
         self.counters = Counters()
         self.latency = {"message_overhead": Latency()}
 
-    def audit(self, event: Event, blocked_action: str = "quarantine", publish_held: bool = True) -> Decision:
+    def audit(self, event: Event, blocked_action: str = "quarantine", publish_held: bool = True,
+              also: tuple[str, ...] = ()) -> Decision:
         """Decide and publish one submission. ``blocked_action`` names the fate of a stopped message in
         the published event (the milter quarantines, the smtplib drop-in refuses: ``blocked``).
         ``publish_held=False``: a message stopped by a hold is not published (the sender keeps it and
         sends it after ``release``; that send is the event)."""
         self.counters.inc("messages", service=event.service)
         try:
-            decision = self.policy(event)
+            decision = self.policy(event, also) if also else self.policy(event)
         except Exception:
             # A bug or an absurd header must not stop mail: pass it, count it, keep the traceback.
             log.exception("inline policy failed on message %s; passing it", event.message_id[:100])

@@ -7,6 +7,7 @@ thread per SMTP connection).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,18 +37,36 @@ class Latency:
         return {q: data[min(len(data) - 1, int(q * len(data)))] for q in qs}
 
 
+MAX_SERIES = 500          # label combinations per counter; beyond it new ones count as "other"
+_LABEL_OK = re.compile(r"[A-Za-z0-9_.:/-]{1,64}\Z")
+
+
+def label_value(v: object) -> str:
+    """Label values come from message headers (the service a sender names): bounded, no address,
+    nothing a scraper or a log would choke on (issue 14)."""
+    s = str(v)
+    return s if _LABEL_OK.match(s) else "invalid"
+
+
 class Counters:
-    def __init__(self) -> None:
+    def __init__(self, max_series: int = MAX_SERIES) -> None:
         self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._series: dict[str, int] = {}
+        self._max = max_series
         self._lock = threading.Lock()
 
     def inc(self, name: str, n: float = 1, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
+        key = (name, tuple(sorted((k, label_value(v)) for k, v in labels.items())))
         with self._lock:
+            if key not in self._values:
+                if self._series.get(name, 0) >= self._max:
+                    key = (name, tuple((k, "other") for k, _ in key[1]))
+                else:
+                    self._series[name] = self._series.get(name, 0) + 1
             self._values[key] = self._values.get(key, 0) + n
 
     def get(self, name: str, **labels: str) -> float:
-        return self._values.get((name, tuple(sorted(labels.items()))), 0)
+        return self._values.get((name, tuple(sorted((k, label_value(v)) for k, v in labels.items()))), 0)
 
     def total(self, name: str) -> float:
         with self._lock:

@@ -25,7 +25,8 @@ import Milter
 
 from mailaudit.adapters.auditor import Auditor
 from mailaudit.adapters.config import QUARANTINE, TEMPFAIL, MilterConfig
-from mailaudit.adapters.events import HeaderBlock, build_event, lower_senders, resolve_identity, strip_brackets
+from mailaudit.adapters.events import (HeaderBlock, build_event, lower_senders, resolve_identity,
+                                       service_for_sender, strip_brackets)
 
 log = logging.getLogger("mailaudit.milter")
 
@@ -33,6 +34,14 @@ log = logging.getLogger("mailaudit.milter")
 # callback can wait that long behind it. 0.5 ms keeps the per-message tail well under the 5 ms target
 # (measured in bench/milter.py) for a little more switching overhead.
 GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def smtp_text(reason: str | None, percent: bool = True) -> str:
+    """A hold reason comes from mail.control (an operator's words): one line of printable ASCII
+    ('%' escaped for ``setreply``), or libmilter refuses it and the catch-all would accept a message
+    that must wait (issue 14)."""
+    text = " ".join("".join(c if " " <= c <= "~" else " " for c in (reason or "held")).split())[:200] or "held"
+    return text.replace("%", "%%") if percent else text
 
 
 def make_milter_class(auditor: Auditor, mcfg: MilterConfig,
@@ -111,9 +120,11 @@ def make_milter_class(auditor: Auditor, mcfg: MilterConfig,
             )
             if mcfg.strip_headers:
                 self._strip_control_headers()
-            decision = auditor.audit(event)
+            # The service the verified MAIL FROM maps to binds too: a header cannot escape its holds.
+            mapped = service_for_sender(self.mail_from, senders) if ident.source == "header" else None
+            decision = auditor.audit(event, also=(mapped,) if mapped else ())
             if decision.action == QUARANTINE:
-                self.quarantine(decision.reason)
+                self.quarantine(smtp_text(decision.reason, percent=False))
                 log.warning("quarantined %s queue_id=%s service=%s campaign=%s rcpts=%d: %s",
                             event.message_id[:100], qid, event.service, event.campaign, len(self.rcpts),
                             decision.reason)
@@ -121,7 +132,7 @@ def make_milter_class(auditor: Auditor, mcfg: MilterConfig,
                     on_quarantine(qid, event, decision)
                 return Milter.ACCEPT
             if decision.action == TEMPFAIL:
-                self.setreply("451", "4.7.1", decision.reason.replace("%", "%%"))
+                self.setreply("451", "4.7.1", smtp_text(decision.reason))
                 log.warning("deferred %s queue_id=%s service=%s campaign=%s: %s", event.message_id[:100],
                             qid, event.service, event.campaign, decision.reason)
                 return Milter.TEMPFAIL

@@ -89,10 +89,30 @@ class InlinePolicy:
                 self._cache[service] = got
         return got
 
-    def __call__(self, event: Event) -> Decision:
+    def __call__(self, event: Event, also: tuple[str, ...] = ()) -> Decision:
+        """``also``: services the MTA itself attributes the message to (the sender map on the
+        verified MAIL FROM). A header naming another service must not let a sender escape that
+        service's hold or enforcement (issue 14): the holds of every one apply, and the strictest
+        policy of them."""
         policy, rules = self.for_service(event.service)
-        hold = self.is_held(event.service, event.campaign or event.template) if self.is_held else None
+        scope = event.campaign or event.template
+        hold = self.is_held(event.service, scope) if self.is_held else None
+        for svc in also:
+            if not svc or svc == event.service:
+                continue
+            other, _ = self.for_service(svc)
+            policy = _stricter(policy, other)
+            if hold is None and self.is_held:
+                hold = self.is_held(svc, scope) or self.is_held(svc, None)
         return decide(event, policy, rules, hold)
+
+
+def _stricter(a: ServicePolicy, b: ServicePolicy) -> ServicePolicy:
+    if a.mode != b.mode:
+        return a if a.mode == ENFORCE else b
+    if _RANK[b.quarantine_severity] < _RANK[a.quarantine_severity]:
+        return b
+    return a
 
 
 __all__ = ["ACCEPT", "QUARANTINE", "TEMPFAIL", "Decision", "InlinePolicy", "decide", "describe"]
