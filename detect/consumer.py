@@ -97,7 +97,8 @@ class DetectConsumer:
         group = cfg.kafka.detect_group
         base = Path(cfg.detect.checkpoint_dir) if cfg.detect.checkpoint_dir else Path(cfg.state_dir) / "detect"
         self.dir = base / "".join(c if c.isalnum() or c in "-._" else "_" for c in group)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)      # checkpoints and outbox hold hashes: owner-only (issue 14)
         self.consumer = consumer or make_consumer(cfg.kafka, group, fetch_max_wait_ms=cfg.kafka.fetch_max_wait_ms)
         self.producer = producer or make_producer(cfg.kafka)
         self.db = db or Database(cfg.clickhouse)

@@ -22,17 +22,23 @@ from typing import Any, Iterator
 SEGMENT_BYTES = 32 * 1024 * 1024
 
 
+def _private_append(path: Path):
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+
+
 class Outbox:
     def __init__(self, directory: str | os.PathLike, sinks: list[str], segment_bytes: int = SEGMENT_BYTES):
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # Alert and exposure records hold hashes and masks: owner-only, whatever the umask (issue 14).
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
         self.sinks = list(sinks)
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()
         self._new_data = threading.Condition(self._lock)
         segs = self._segments()
         self._seg = segs[-1] if segs else 0
-        self._fh = open(self._path(self._seg), "ab")
+        self._fh = _private_append(self._path(self._seg))
 
     def _path(self, seg: int) -> Path:
         return self.dir / f"{seg:08d}.jsonl"
@@ -54,7 +60,7 @@ class Outbox:
             if self._fh.tell() >= self.segment_bytes:
                 self._fh.close()
                 self._seg += 1
-                self._fh = open(self._path(self._seg), "ab")
+                self._fh = _private_append(self._path(self._seg))
             self._new_data.notify_all()
 
     def close(self) -> None:

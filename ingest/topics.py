@@ -7,6 +7,9 @@ from mailaudit.ingest.kafka_io import ensure_topics
 from mailaudit.ingest.publisher import MAX_REQUEST_BYTES
 
 
+ALERTS_RETENTION_MS = 30 * 24 * 3600 * 1000
+
+
 def topic_specs(k: KafkaConfig) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
     partitions = {k.topic_events: k.partitions, k.topic_dlq: 1, k.topic_alerts: 1, k.topic_control: 1}
     # Events up to the publisher's limit (a To list of ~100k addresses): the topic must take what the
@@ -18,6 +21,9 @@ def topic_specs(k: KafkaConfig) -> tuple[dict[str, int], dict[str, dict[str, str
         k.topic_dlq: {"retention.ms": str(k.dlq_retention_ms), **big},
         # Latest hold/release per key (the JSON array [service, campaign]) is the state; older ones can go.
         k.topic_control: {"cleanup.policy": "compact"},
+        # Alerts carry masks and hashes; ClickHouse keeps the record (retention.alerts_days), the topic
+        # only feeds subscribers: a month, not the broker's default of forever-ish (issue 14).
+        k.topic_alerts: {"retention.ms": str(ALERTS_RETENTION_MS)},
     }
     return partitions, configs
 

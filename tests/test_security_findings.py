@@ -63,3 +63,30 @@ def test_control_reason_is_redacted_and_one_line():
     cmd = parse_control(value)
     assert cmd.reason == "j***@clinic.example wrote 550 fake reply"
     assert "\r" not in cmd.reason and "\n" not in cmd.reason
+
+
+def test_alerts_topic_has_a_retention():
+    from mailaudit.config import KafkaConfig
+    from mailaudit.ingest.topics import ALERTS_RETENTION_MS, topic_specs
+    k = KafkaConfig()
+    _, configs = topic_specs(k)
+    assert configs[k.topic_alerts]["retention.ms"] == str(ALERTS_RETENTION_MS) and ALERTS_RETENTION_MS <= 90 * 86400_000
+    assert int(configs[k.topic_dlq]["retention.ms"]) == k.dlq_retention_ms
+
+
+def test_outbox_files_are_owner_only_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    from mailaudit.detect.outbox import Outbox
+    old = os.umask(0o022)
+    try:
+        box = Outbox(tmp_path / "detect" / "outbox", ["clickhouse"], segment_bytes=100)
+        box.append([{"hash": "ab" * 16, "masked": "j***@x.com", "n": i} for i in range(5)])
+        box.close()
+    finally:
+        os.umask(old)
+    d = tmp_path / "detect" / "outbox"
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    files = list(d.glob("*.jsonl"))
+    assert len(files) >= 2 and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
