@@ -167,11 +167,18 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={mac}"
 
 
+def slack_escape(value: Any) -> str:
+    """Slack mrkdwn control characters: a campaign named ``<!channel>`` or ``<https://x|click>``
+    must show as text, not ping everyone or become a link (issue 14)."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_text(a: dict) -> str:
     icon = {"critical": ":rotating_light:", "warning": ":warning:"}.get(a["severity"], ":information_source:")
-    scope = a.get("campaign") or a.get("template") or "-"
-    return (f"{icon} *{a['severity'].upper()}* {a['kind']} ({a['status']}) — {a['service']} / {scope}\n"
-            f"{a['summary']}\ncopies={a['copies']} exposed={a['exposed']} incident={a['incident_id']}")
+    e = slack_escape
+    scope = e(a.get("campaign") or a.get("template") or "-")
+    return (f"{icon} *{e(a['severity']).upper()}* {e(a['kind'])} ({e(a['status'])}) — {e(a['service'])} / {scope}\n"
+            f"{e(a['summary'])}\ncopies={e(a['copies'])} exposed={e(a['exposed'])} incident={e(a['incident_id'])}")
 
 
 class WebhookSink:

@@ -90,3 +90,12 @@ def test_outbox_files_are_owner_only_whatever_the_umask(tmp_path):
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     files = list(d.glob("*.jsonl"))
     assert len(files) >= 2 and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+
+
+def test_slack_text_escapes_names():
+    from mailaudit.detect.sinks import slack_text
+    a = {"severity": "critical", "kind": "visible_disclosure", "status": "open", "service": "news<!here>",
+         "campaign": "<!channel> <https://evil.example|click> & co", "summary": "x <@U123>", "copies": 1,
+         "exposed": 2, "incident_id": "i"}
+    text = slack_text(a)
+    assert "<" not in text and ">" not in text and "&lt;!channel&gt;" in text and "&amp; co" in text

@@ -110,7 +110,7 @@ def actions_panel(inc: dict, incident_id: str) -> None:
                                   (b[2], "release", ":material/play_circle:")):
             label = f"{action.capitalize()} {'campaign' if scope else 'service'}"
             if col.button(label, key=action, icon=icon, disabled=not ctx.can_act, width="stretch",
-                          type="primary" if action == "hold" else "secondary", help=f"{action} {scope_label}"):
+                          type="primary" if action == "hold" else "secondary", help=ui.esc(f"{action} {scope_label}")):
                 if not ui.require_operator():      # disabled= is a hint; the handler decides (finding 5)
                     return
                 from mailaudit.ingest.publisher import send_control
