@@ -37,8 +37,10 @@ SEVERITY_ORDER = ("critical", "warning", "info")
 CATEGORIES = ("disclosure", "spike", "anomaly")
 ACTIVE_STATUSES = ("open", "update")
 
-# Full scans (search over a long range) must not hold a server thread forever.
-_SCAN_SETTINGS = " SETTINGS max_execution_time = 60"
+# Full scans (search over a long range) must not hold a server thread forever. log_queries = 0: on
+# 18.16 parameters are substituted into the SQL text client-side, so a search's address hashes would
+# land in system.query_log, out of `forget`'s reach (issue 14).
+_SCAN_SETTINGS = " SETTINGS max_execution_time = 60, log_queries = 0"
 
 
 def _utc(ms_series: pd.Series) -> pd.Series:
@@ -584,6 +586,7 @@ def search_rows(db: Database, page: pd.DataFrame, address_hashes: Sequence[str] 
         FROM {{db}}.events
         WHERE ({' OR '.join(ranges)}) AND event_id IN %(ids)s
         LIMIT 1 BY event_id
+        SETTINGS log_queries = 0
         """,
         params,
     )

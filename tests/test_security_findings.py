@@ -99,3 +99,31 @@ def test_slack_text_escapes_names():
          "exposed": 2, "incident_id": "i"}
     text = slack_text(a)
     assert "<" not in text and ">" not in text and "&lt;!channel&gt;" in text and "&amp; co" in text
+
+
+def test_search_queries_carrying_hashes_are_not_query_logged():
+    """On 18.16 parameters are inlined into the SQL text: the hashes must not reach system.query_log."""
+    import pandas as pd
+
+    from mailaudit.dashboard import queries
+
+    class Recorder:
+        name = "db"
+        _has_address_index = True
+
+        def __init__(self):
+            self.sql = []
+
+        def execute(self, sql, params=None):
+            self.sql.append(sql)
+            return []
+
+    for index in (True, False):
+        db = Recorder()
+        db._has_address_index = index
+        f = queries.SearchFilters(since_s=0, until_s=10, address_hashes=("ab" * 16,), campaign=None if index else "c")
+        queries.search_ids(db, f)
+        queries.search_rows(db, pd.DataFrame({"event_id": ["9b1c1f7e-0000-4000-8000-000000000001"],
+                                              "sent_ms": [1000], "service": ["s"]}), f.address_hashes)
+        searches = [s for s in db.sql if "%(h_" in s or "h_tuple" in s or "address_hash" in s]
+        assert searches and all("log_queries = 0" in s for s in searches), db.sql
