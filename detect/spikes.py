@@ -342,25 +342,25 @@ _WEEK_SLOT = 900.0
 
 
 class _Schedule:
-    """The largest value of each slot of a cycle (a week, or a calendar month), per cycle, for the last
-    ``keep`` previous cycles: "a value this large happened at this time of week / of month before".
+    """The largest notable value of each slot of a cycle (a week, or a calendar month), per cycle, for
+    the last ``keep`` previous cycles: "a value this large happened at this time of week / of month".
 
     Weekly slots are 15 minutes of the week; monthly slots are the hours of the month (day-of-month
     x 24), so a run on the 1st at 02:00 is the same slot every month. A ring of ``keep + 1`` cycles:
-    entry ``c % (keep + 1)`` holds cycle ``c``'s maximum. Neighbouring slots are consulted too (timing
-    jitter), with the cycle shifted where the neighbour wraps around the cycle's edge.
+    entry ``(c % (keep + 1), slot)`` holds cycle ``c``'s maximum. Neighbouring slots are consulted too
+    (timing jitter), with the cycle shifted where the neighbour wraps around the cycle's edge. Sparse:
+    the detector only records notable (extreme) values, so a series without surges holds nothing;
+    the ring bounds it at ``(keep + 1) x slots`` entries.
     """
 
-    __slots__ = ("monthly", "nslot", "keep", "cyc", "top", "m0", "m1", "mc")
+    __slots__ = ("monthly", "nslot", "keep", "slots", "m0", "m1", "mc")
 
     def __init__(self, monthly: bool, keep: int = 2):
         self.monthly = monthly
         self.nslot = 31 * 24 if monthly else int(_WEEK // _WEEK_SLOT)
         self.keep = keep
-        n = (keep + 1) * self.nslot
-        self.cyc = [-1] * n
-        self.top = [0.0] * n
-        self.m0 = self.m1 = 0.0          # current month [start, end) in epoch seconds, and its index
+        self.slots: dict[int, list] = {}     # ring index -> [cycle, largest value]
+        self.m0 = self.m1 = 0.0              # current month [start, end) in epoch seconds, and its index
         self.mc = -1
 
     def _where(self, t: float) -> tuple[int, int]:
@@ -377,42 +377,44 @@ class _Schedule:
 
     def seen(self, t: float) -> float | None:
         """Largest value at this slot (+- 1) in the previous ``keep`` cycles, None when never seen."""
+        slots = self.slots
+        if not slots:
+            return None
         c, s = self._where(t)
         ns, r = self.nslot, self.keep + 1
         best = None
-        cyc, top = self.cyc, self.top
         for j, shift in ((s - 1, -1 if s == 0 else 0), (s, 0), (s + 1, 1 if s + 1 == ns else 0)):
             j %= ns
             lo, hi = c + shift - self.keep, c + shift - 1
             for q in range(r):
-                i = q * ns + j
-                ci = cyc[i]
-                if lo <= ci <= hi and (best is None or top[i] > best):
-                    best = top[i]
+                e = slots.get(q * ns + j)
+                if e is not None and lo <= e[0] <= hi and (best is None or e[1] > best):
+                    best = e[1]
         return best
 
     def learn(self, t: float, x: float) -> None:
         c, s = self._where(t)
         i = (c % (self.keep + 1)) * self.nslot + s
-        if self.cyc[i] != c:
-            self.cyc[i] = c
-            self.top[i] = x
-        elif x > self.top[i]:
-            self.top[i] = x
+        e = self.slots.get(i)
+        if e is None or e[0] != c:
+            self.slots[i] = [c, x]
+        elif x > e[1]:
+            e[1] = x
 
     def size(self) -> int:
-        return 2 * len(self.cyc)
+        return 2 * (self.keep + 1) * self.nslot       # the bound (the dict holds at most this)
 
     def to_state(self) -> dict[str, Any]:
-        return {"monthly": self.monthly, "keep": self.keep, "cyc": list(self.cyc), "top": list(self.top)}
+        return {"monthly": self.monthly, "keep": self.keep,
+                "slots": [[i, e[0], e[1]] for i, e in sorted(self.slots.items())]}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> "_Schedule":
         sc = cls(bool(d["monthly"]), int(d["keep"]))
-        if len(d["cyc"]) != len(sc.cyc) or len(d["top"]) != len(sc.top):
-            raise ValueError("schedule state of the wrong size")
-        sc.cyc = [int(x) for x in d["cyc"]]
-        sc.top = [float(x) for x in d["top"]]
+        for i, c, x in d["slots"]:
+            if not 0 <= int(i) < (sc.keep + 1) * sc.nslot:
+                raise ValueError("schedule slot out of range")
+            sc.slots[int(i)] = [int(c), float(x)]
         return sc
 
 
@@ -677,8 +679,12 @@ class SpikeDetector:
             self._t0 = t
         self.n += 1
         self._peak = new_peak
-        for sc in self._sched:
-            sc.learn(t, x)
+        sched = self._sched
+        if sched:
+            srt, k = self._vals.srt, self._vals.k
+            if len(srt) < 2 * k or x >= srt[len(srt) - k]:     # only notable values can explain a surge
+                for sc in sched:
+                    sc.learn(t, x)
         self._vals.add(x)
         if d is not None:
             self._diffs.add(d)
