@@ -124,6 +124,39 @@ def test_a_configured_address_is_used_alone_even_with_the_stack_up(new_user):
     assert last.startswith(f"mailaudit hold: cannot reach Kafka at 127.0.0.1:{dead}")
 
 
+def test_the_dashboard_is_handed_the_stack_it_found(new_user, tmp_path):
+    """`mailaudit dashboard` execs Streamlit, whose app loads the config itself: it must get the same
+    local stack (servers and key file) in its environment, not the defaults."""
+    import signal
+
+    home, _ = new_user
+    info = LocalStack(home / ".mailaudit" / "stack").info()
+    log = open(tmp_path / "dash.log", "wb")
+    p = subprocess.Popen([sys.executable, "-m", "mailaudit", "dashboard", "--port", str(free_port())], cwd=home,
+                         env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def streamlit_env():
+            try:
+                if b"streamlit" not in Path(f"/proc/{p.pid}/cmdline").read_bytes():
+                    return None
+                raw = Path(f"/proc/{p.pid}/environ").read_bytes()
+            except OSError:
+                return None
+            return dict(kv.split("=", 1) for kv in raw.decode().split("\0") if "=" in kv)
+        env = wait_until(streamlit_env, 60, what="the exec of streamlit")
+        assert env["MAILAUDIT_KAFKA_BOOTSTRAP"] == info.kafka_bootstrap
+        assert env["MAILAUDIT_CLICKHOUSE_URL"] == info.clickhouse_url
+        assert env["MAILAUDIT_HASH_KEY_FILE"] == str(home / ".mailaudit" / "stack" / "hash_key")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+        log.close()
+
+
 def test_stack_status_env_and_down(new_user, tmp_path):
     home, _ = new_user
     st = mailaudit(home, "stack", "status")
