@@ -114,6 +114,17 @@ def test_hold_then_release_reach_the_control_topic(new_user):
         guard.close()
 
 
+def test_publish_finds_the_stack_it_once_said_was_down(new_user):
+    home, _ = new_user
+    f = home / "few.jsonl"
+    sim = mailaudit(home, "simulate", "--jsonl", str(f), "--duration", "30", "--rate", "2", "--seed", "9")
+    assert sim.returncode == 0, sim.stderr
+    n = len(f.read_text().splitlines())
+    r = mailaudit(home, "publish", str(f))
+    assert r.returncode == 0, r.stderr
+    assert f"publish: {n} lines to mail.headers: {n} acknowledged, 0 failed" in r.stderr
+
+
 def test_a_configured_address_is_used_alone_even_with_the_stack_up(new_user):
     home, _ = new_user
     dead = free_port()
