@@ -54,3 +54,32 @@ def steps(items: Iterable, desc: str, total: int | None = None, stream: IO | Non
             b.set_postfix_str(str(item), refresh=True)
             yield item
             b.update(1)
+
+
+class ticker:
+    """``with ticker("bench ingest"):`` shows the elapsed time of work that reports no progress of its
+    own, refreshed every second, on a terminal only."""
+
+    def __init__(self, desc: str, stream: IO | None = None):
+        self.desc, self.stream = desc, stream
+        self._bar = None
+        self._stop = None
+
+    def __enter__(self) -> "ticker":
+        import threading
+
+        if not enabled(self.stream):
+            return self
+        self._bar = bar(None, self.desc, stream=self.stream, bar_format="{desc}: {elapsed}")
+        self._stop = threading.Event()
+
+        def tick():
+            while not self._stop.wait(1.0):
+                self._bar.refresh()
+        threading.Thread(target=tick, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._stop.set()
+            self._bar.close()

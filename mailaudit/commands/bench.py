@@ -79,12 +79,14 @@ def _run(suite: str, args) -> dict:
 def run(args, cfg) -> int:
     suites = [s for s in ALL if s != "nab" or args.nab or os.path.isdir("../shared/nab")] if args.suite == "all" else [args.suite]
     results = {}
-    from mailaudit.progress import enabled, steps
+    from mailaudit.progress import enabled, ticker
 
-    for s in (steps(suites, "bench") if len(suites) > 1 and enabled() else suites):
+    for i, s in enumerate(suites, 1):
+        step = f"bench {s}" + (f" ({i}/{len(suites)})" if len(suites) > 1 else "")
         if not enabled():
-            print(f"bench {s} ...", file=sys.stderr)
-        results[s] = _run(s, args)
+            print(f"{step} ...", file=sys.stderr)
+        with ticker(step):                 # on a terminal: the suite's elapsed time, every second
+            results[s] = _run(s, args)
         if not args.json:
             print(json.dumps({s: results[s]}, indent=2, default=str))
     if args.json:
