@@ -163,3 +163,20 @@ def test_long_work_shows_progress_on_a_terminal_and_nothing_in_a_pipe(tmp_path):
     assert b"backtest:" in tty and b"B/s" in tty                              # a bar over the file's bytes
     piped = _cli(["backtest", str(events), "--jobs", "1"], {}, tmp_path)
     assert piped.returncode == 0 and "\r" not in piped.stderr and piped.stderr.count("\n") == 1
+
+
+def test_ticker_shows_elapsed_time_on_a_terminal_only():
+    import io
+    import time
+
+    from mailaudit.progress import ticker
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Terminal(), io.StringIO()
+    with ticker("bench x", stream=tty), ticker("bench x", stream=pipe):
+        time.sleep(1.3)
+    assert "bench x: 00:00" in tty.getvalue() and "bench x: 00:01" in tty.getvalue()
+    assert pipe.getvalue() == ""
