@@ -8,8 +8,9 @@ acknowledge, hold, release). "Listens on" is decided from the address the server
 a reverse proxy (forwarding headers) is remote even though it reaches a loopback socket. An anonymous
 session (loopback, no password configured, no proxy) is a *reader*: acting needs the operator
 password. Passwords are never stored, only their hashes in the config
-(``pbkdf2_sha256$iterations$salt$hash`` preferred; a bare sha256 hex digest is accepted for
-simple setups, see docs/security.md §7 for that residual risk), and compared in constant time.
+(``pbkdf2_sha256$iterations$salt$hash`` with at least ``MIN_ITERATIONS``; an unsalted sha256 digest
+is refused: one GPU tries billions a second), and compared in constant time. Wrong passwords are
+slowed process-wide (``LoginThrottle``), not per browser session, which a script opens afresh.
 
 Pure: no Streamlit here, so the policy is unit-tested without a browser.
 """
@@ -30,6 +31,7 @@ OPERATOR = "operator"
 
 PBKDF2_PREFIX = "pbkdf2_sha256"
 DEFAULT_ITERATIONS = 310_000
+MIN_ITERATIONS = 100_000      # configured hashes below this are refused (issue 14)
 # Request headers a reverse proxy adds: their presence means the client is not on this machine.
 PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host")
 
@@ -110,6 +112,10 @@ def access_policy(dcfg: DashboardConfig, server_address: object = _FROM_CONFIG,
         if value and not _well_formed(value):
             raise AuthConfigError(
                 f"dashboard.{name} is not a pbkdf2_sha256$iterations$salt$hash string or a sha256 hex digest")
+        if value and not _strong(value):
+            raise AuthConfigError(
+                f"dashboard.{name} is too weak (an unsalted sha256 digest, or fewer than {MIN_ITERATIONS} "
+                "pbkdf2 iterations): make a new one with `mailaudit dashboard --hash-password`")
     hint = ("set dashboard.operator_password_hash and/or dashboard.reader_password_hash "
             "(mailaudit dashboard --hash-password prints one)")
     if not is_loopback(dcfg.host) and not has_any:
@@ -160,6 +166,48 @@ def login(dcfg: DashboardConfig, password: str) -> str | None:
 
 def can_act(role: str | None) -> bool:
     return role == OPERATOR
+
+
+def _strong(value: str) -> bool:
+    v = value.strip()
+    if not v.startswith(PBKDF2_PREFIX + "$"):
+        return False
+    try:
+        return int(v.split("$")[1]) >= MIN_ITERATIONS
+    except (IndexError, ValueError):
+        return False
+
+
+class LoginThrottle:
+    """Process-wide slowdown of wrong passwords: each failure in the last ``window_s`` adds a second
+    of wait before the next check (at most ``max_delay_s``), whatever session it comes from. A
+    success does not reset it (an attacker's one lucky guess must not clear his trail). Thread-safe;
+    ``clock`` injectable for tests."""
+
+    def __init__(self, window_s: float = 60.0, max_delay_s: float = 10.0, clock=None):
+        import threading
+        import time
+
+        self.window_s = window_s
+        self.max_delay_s = max_delay_s
+        self.clock = clock or time.monotonic
+        self._failures: list[float] = []
+        self._lock = threading.Lock()
+
+    def delay(self) -> float:
+        now = self.clock()
+        with self._lock:
+            self._failures = [t for t in self._failures if now - t < self.window_s]
+            return min(self.max_delay_s, float(len(self._failures)))
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failures.append(self.clock())
+            if len(self._failures) > 10_000:
+                del self._failures[:5_000]
+
+
+THROTTLE = LoginThrottle()
 
 
 def _well_formed(value: str) -> bool:

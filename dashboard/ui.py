@@ -159,10 +159,12 @@ def login_form() -> None:
             password = st.text_input("Password", type="password")
             submitted = st.form_submit_button("Sign in", type="primary", width="stretch")
         if submitted:
+            time.sleep(auth.THROTTLE.delay())   # process-wide: a new session does not reset it
             role = auth.login(cfg.dashboard, password)
             if role:
                 st.session_state[_ROLE] = role
                 st.rerun()
+            auth.THROTTLE.failed()
             time.sleep(1.0)   # slows password guessing; the session is single-threaded anyway
             st.error("Wrong password.")
 

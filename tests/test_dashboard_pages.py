@@ -37,7 +37,7 @@ def _use(cfg, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MAILAUDIT_CONFIG", str(write_config(cfg, tmp_path / f"dash-{time.monotonic_ns()}.toml")))
 
 
-OPERATOR_HASH = auth.hash_password("operator-pass-0", iterations=1000)
+OPERATOR_HASH = auth.hash_password("operator-pass-0", iterations=100_000)
 AS_OPERATOR = {ui._ROLE: auth.OPERATOR}     # a signed-in operator (anonymous sessions are readers)
 
 
@@ -213,8 +213,8 @@ def test_exposed_dashboard_without_password_refuses_to_serve(env):
 
 
 def test_login_roles_reader_sees_operator_acts(env):
-    cfg, db, s = env(host="0.0.0.0", reader_password_hash=auth.hash_password("reader-pass-1", iterations=1000),
-                     operator_password_hash=auth.hash_password("operator-pass-1", iterations=1000))
+    cfg, db, s = env(host="0.0.0.0", reader_password_hash=auth.hash_password("reader-pass-1", iterations=100_000),
+                     operator_password_hash=auth.hash_password("operator-pass-1", iterations=100_000))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.metric                                   # nothing but the sign-in form
     at.text_input[0].set_value("wrong-password")

@@ -154,8 +154,8 @@ def _container_config(compose, name: str, tmp_path: Path) -> Config:
     secrets = {
         "hash_key": "k" * 64,
         **{f"clickhouse_{u}_password": "pw-from-secret" for u in ("admin", "ingest", "detect", "dashboard")},
-        "dashboard_operator_password_hash": hash_password("operator password", iterations=1000),
-        "dashboard_reader_password_hash": hash_password("reader password", iterations=1000),
+        "dashboard_operator_password_hash": hash_password("operator password", iterations=100_000),
+        "dashboard_reader_password_hash": hash_password("reader password", iterations=100_000),
     }
     for var, value in list(env.items()):
         if var.endswith("_FILE"):

@@ -101,8 +101,8 @@ def _container_config(docs, name: str, tmp_path: Path):
     cm = _by_kind(docs, "ConfigMap")["mailaudit-config"]["data"]
     stand_in = {"hash_key": "k" * 64,
                 **{f"clickhouse_{u}_password": "pw-from-secret" for u in ("admin", "ingest", "detect", "dashboard")},
-                "dashboard_operator_password_hash": hash_password("operator password", iterations=1000),
-                "dashboard_reader_password_hash": hash_password("reader password", iterations=1000)}
+                "dashboard_operator_password_hash": hash_password("operator password", iterations=100_000),
+                "dashboard_reader_password_hash": hash_password("reader password", iterations=100_000)}
     env: dict[str, str] = {}
     for e in c["env"]:
         if "valueFrom" in e:

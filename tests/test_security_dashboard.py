@@ -18,7 +18,7 @@ from mailaudit.dashboard import auth, ui
 
 from test_dashboard_pages import APP, OPERATOR_HASH, _control_records, env, run_app  # noqa: F401 - fixture
 
-PW = auth.hash_password("operator-pass-0", iterations=1000)
+PW = auth.hash_password("operator-pass-0", iterations=100_000)
 
 
 @pytest.mark.parametrize("server_address", [None, "", "0.0.0.0", "::", "10.1.2.3"])
@@ -102,3 +102,26 @@ def test_operator_note_is_redacted_in_control_topic_and_audit_log(env):
     assert len(rows) == 2
     text = json.dumps(rows)
     assert "jane.canary" not in text and "j***@clinic.example" in text
+
+
+def test_weak_password_hashes_are_refused():
+    import hashlib
+    sha = hashlib.sha256(b"s3cret-pass").hexdigest()
+    for weak in (sha, auth.hash_password("s3cret-pass", iterations=1000)):
+        with pytest.raises(auth.AuthConfigError, match="too weak"):
+            auth.access_policy(DashboardConfig(host="0.0.0.0", operator_password_hash=weak))
+    assert auth.access_policy(DashboardConfig(host="0.0.0.0", operator_password_hash=PW)).login_required
+
+
+def test_login_throttle_is_process_wide_and_grows():
+    now = [0.0]
+    t = auth.LoginThrottle(window_s=60, max_delay_s=5, clock=lambda: now[0])
+    assert t.delay() == 0
+    for _ in range(3):
+        t.failed()
+    assert t.delay() == 3                      # any session sees the same count
+    for _ in range(10):
+        t.failed()
+    assert t.delay() == 5
+    now[0] = 61
+    assert t.delay() == 0
