@@ -23,6 +23,7 @@ from mailaudit.ingest.privacy import AddressHasher
 from mailaudit.ingest.rows import EventRows
 from mailaudit.ingest.simulator import Simulator
 from mailaudit.ingest.wire import Event
+from mailaudit.ingest.writer import insert_events
 
 
 @dataclass
@@ -67,12 +68,12 @@ def load(cfg: Config, db: Database, hours: float = 24.0, rate: float = 6.0, seed
             alerts.extend(a.to_dict() for a in engine.process(e, p))
             _collect(engine, envelopes, exposures)
             if len(rows) >= 50_000:
-                out.events += db.insert("events", rows.columns())
+                out.events += insert_events(db, rows)
                 rows = EventRows(cfg.privacy, hasher)
                 log(f"events: {out.events:,}")
         alerts.extend(a.to_dict() for a in engine.advance(now_ms - int(cfg.detect.lateness_s * 1000)))
         _collect(engine, envelopes, exposures)
-        out.events += db.insert("events", rows.columns())
+        out.events += insert_events(db, rows)
         for inj in sim.injected:
             if inj.kind == "concatenated_to" and inj.exposed:
                 out.exposed_sample = inj.exposed[len(inj.exposed) // 2]

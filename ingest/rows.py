@@ -24,6 +24,8 @@ EVENT_COLUMNS = (
     "subject_hash", "subject", "size_bytes", "extra", "kafka_partition", "kafka_offset",
 )
 
+INDEX_COLUMNS = ("address_hash", "sent_at", "sent_ms", "service", "event_id")
+
 _UTC = dt.timezone.utc
 
 
@@ -49,6 +51,8 @@ class EventRows:
         self._key = privacy.hash_key.encode() if privacy.hash_key else b""
         self.datetime64 = datetime64
         self.cols: dict[str, list] = {c: [] for c in EVENT_COLUMNS}
+        # The address search index (schema migration 5): one row per distinct hash per event.
+        self.index: dict[str, list] = {c: [] for c in INDEX_COLUMNS}
         self._addr: dict[str, tuple[str, str, str]] = {}   # address -> (hash, masked, domain)
         self.now = int(dt.datetime.now(_UTC).timestamp())
 
@@ -136,6 +140,19 @@ class EventRows:
         c["extra"].append(json.dumps(e.extra, ensure_ascii=False, sort_keys=True) if e.extra else "")
         c["kafka_partition"].append(partition)
         c["kafka_offset"].append(offset)
+        hashes = dict.fromkeys(h for h in (c["from_hash"][-1], *th, *ch, *bh, *eh) if h)
+        if hashes:
+            ix = self.index
+            n = len(hashes)
+            ix["address_hash"].extend(hashes)
+            ix["sent_at"].extend([c["sent_at"][-1]] * n)
+            ix["sent_ms"].extend([ms] * n)
+            ix["service"].extend([e.service] * n)
+            ix["event_id"].extend([e.event_id] * n)
 
     def columns(self) -> dict[str, list]:
         return self.cols
+
+    def index_columns(self) -> dict[str, list]:
+        """Rows of ``events_by_address`` for this batch (see ``ingest.writer.insert_events``)."""
+        return self.index

@@ -307,24 +307,22 @@ ORDER BY (group_id, topic, partition)
 # -- migration 5: reverse index address -> events (dashboard address search) -----------------------
 # Address search must find an address wherever it appears (From, To, Cc, Bcc, envelope), so on
 # `events` it reads every hash array of the time range: 2.2 s median over 7 days at 10M events on
-# 18.16. This table holds one row per (distinct address hash, event), ordered by hash then time, fed by
-# a materialized view on every insert into `events`: a search reads a few granules per partition
-# instead (bench/dashboard.py). It stores only what `events` already holds (keyed hashes, time,
-# service, event id), follows its retention (day partitions, `mailaudit retention run`, TTL where the
-# server has it) and its erasure (ingest/erasure.py). Redelivered events collapse on the sort key.
-# It works on every server generation; a modern server could use a bloom-filter skip index on the
-# arrays instead, but one design for both keeps one query. The backfill indexes what was ingested
-# before the view existed (a repeat only writes rows that collapse).
+# 18.16. `events_by_address` holds one row per (distinct address hash, event), ordered by hash then
+# time: a search reads a few granules per day partition instead (bench/dashboard.py). It stores only
+# what `events` already holds (keyed hashes, time, service, event id), follows its retention (day
+# partitions, `mailaudit retention run`, TTL where the server has it) and its erasure
+# (ingest/erasure.py). Redelivered events collapse on the sort key. One design for every server
+# generation keeps one query (a modern server could use bloom-filter skip indexes on the arrays).
+#
+# The consumer writes it next to `events` (``ingest.writer.insert_events``), not a materialized view:
+# 18.16 replicates every column of a view's input block for each element an array join produces, so
+# a view would copy a 20,000-address To list 20,000 times (gigabytes for one mass-disclosure copy: an
+# insert that fails forever), and 18.16 neither cascades views nor accepts a subquery in one. The
+# backfill (a plain SELECT, which reads only the hash columns) indexes what is already stored; it is
+# idempotent (repeats collapse), so ``backfill_address_index`` may be run again, e.g. after a rolling
+# upgrade during which consumers of the previous version still wrote events without the index.
 
 EVENTS_BY_ADDRESS_TABLE = "events_by_address"
-EVENTS_BY_ADDRESS_VIEW = "events_by_address_mv"
-
-_BY_ADDRESS_SELECT = """
-SELECT arrayJoin(arrayDistinct(arrayFilter(h -> h != '', arrayConcat([from_hash], to_hashes, cc_hashes, bcc_hashes,
-                                                                      env_hashes)))) AS address_hash,
-       sent_at, sent_ms, service, event_id
-FROM {db}.events
-"""
 
 
 def _by_address_table(d: Dialect) -> str:
@@ -341,23 +339,23 @@ ORDER BY (address_hash, sent_at, event_id){d.ttl('sent_at', d.retention.events_d
 """
 
 
-def _by_address_view(d: Dialect) -> str:
-    return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{EVENTS_BY_ADDRESS_VIEW} TO {{db}}.{EVENTS_BY_ADDRESS_TABLE} AS "
-            f"{_BY_ADDRESS_SELECT}")
-
-
-def _by_address_backfill(d: Dialect) -> str:
-    return f"""
+BY_ADDRESS_BACKFILL = f"""
 INSERT INTO {{db}}.{EVENTS_BY_ADDRESS_TABLE} (address_hash, sent_at, sent_ms, service, event_id)
-{_BY_ADDRESS_SELECT}
-WHERE ingested_at <= (SELECT max(metadata_modification_time) FROM system.tables
-                      WHERE database = '{{db}}' AND name = '{EVENTS_BY_ADDRESS_VIEW}')
+SELECT arrayJoin(arrayDistinct(arrayFilter(h -> h != '', arrayConcat([from_hash], to_hashes, cc_hashes, bcc_hashes,
+                                                                      env_hashes)))) AS address_hash,
+       sent_at, sent_ms, service, event_id
+FROM {{db}}.events
 """
 
 
+def backfill_address_index(db: Database) -> None:
+    """Index every stored event in ``events_by_address`` (idempotent: repeated rows collapse)."""
+    db.execute(BY_ADDRESS_BACKFILL)
+
+
 def events_by_address_statements(d: Dialect) -> list[str]:
-    """Migration 5, in order: table, view, backfill of what was there before the view."""
-    return [_by_address_table(d), _by_address_view(d), _by_address_backfill(d)]
+    """Migration 5, in order: the index table, the backfill of what is stored."""
+    return [_by_address_table(d), BY_ADDRESS_BACKFILL]
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,32 @@ from mailaudit.config import Config
 from mailaudit.ingest.batch import Batch
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.dlq import dlq_headers, dlq_value, error_columns
+from mailaudit.ingest.rows import EventRows
+from mailaudit.ingest.schema import EVENTS_BY_ADDRESS_TABLE
 
 log = logging.getLogger("mailaudit.ingest")
+
+
+def has_address_index(db: Database) -> bool:
+    """Whether the database has the address search index (schema migration 5). Cached on ``db`` once
+    it exists; until then asked on each call, so a consumer started before ``migrate`` picks it up."""
+    if getattr(db, "_has_address_index", None):
+        return True
+    found = bool(db.execute("SELECT count() FROM system.tables WHERE database = %(d)s AND name = %(t)s",
+                            {"d": db.name, "t": EVENTS_BY_ADDRESS_TABLE})[0][0])
+    if found:
+        db._has_address_index = True
+    return found
+
+
+def insert_events(db: Database, rows: EventRows) -> int:
+    """Event rows, then their address-index rows (when the index exists); returns the event count.
+    Both collapse on repeat, so a retry after a failure between the two is safe; search finds an
+    event once both are in. Everything that writes events should come through here."""
+    n = db.insert("events", rows.columns())
+    if n and has_address_index(db):
+        db.insert(EVENTS_BY_ADDRESS_TABLE, rows.index_columns())
+    return n
 
 
 class BatchWriter:
@@ -25,7 +49,7 @@ class BatchWriter:
 
     def write(self, batch: Batch) -> None:
         """Raises on any failure; safe to call again with the same batch."""
-        self.db.insert("events", batch.rows.columns())
+        insert_events(self.db, batch.rows)
         if batch.rejected:
             self._send_dlq(batch)
             self.db.insert("errors", error_columns(batch.rejected))

@@ -30,6 +30,7 @@ from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.parsed import parse_event
 from mailaudit.ingest.privacy import AddressHasher, domain_of, mask_address
 from mailaudit.ingest.rows import EventRows
+from mailaudit.ingest.writer import insert_events
 from mailaudit.ingest.wire import Event
 
 # Twelve subscribers with distinct initials, so their masks (a***@gmail.com) are distinct too.
@@ -91,7 +92,7 @@ def seed(db: Database, cfg: Config, now_ms: int | None = None) -> Seeded:
         e = _event(100 + k, "newsletter", leak_ms[k], LEAK_LIST, [LEAK_LIST[k]], campaign=LEAK_CAMPAIGN)
         leak_events.append(e)
         add(e)
-    db.insert("events", rows.columns())
+    insert_events(db, rows)
     s.messages_last_hour = {"billing": 120, "support": 10, "newsletter": 43}
     s.recipients_last_hour = {"billing": 120, "support": 30, "newsletter": 43}
     s.messages_last_day = {"billing": 150, "support": 10, "newsletter": 43}
@@ -155,7 +156,7 @@ def insert_duplicate(db: Database, cfg: Config, event: Event) -> None:
     """The same event stored a second time, as after a consumer crash before its offset commit."""
     rows = EventRows(cfg.privacy, AddressHasher(cfg.require_hash_key(), cfg.privacy.hash_key_id))
     rows.add(parse_event(event))
-    db.insert("events", rows.columns())
+    insert_events(db, rows)
 
 
 def billing_event(s: Seeded, i: int = 0) -> Event:
