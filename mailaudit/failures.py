@@ -8,6 +8,7 @@ need. ``mailaudit --debug VERB`` still shows the traceback.
 from __future__ import annotations
 
 import errno
+import re
 
 from mailaudit.config import Config
 
@@ -21,6 +22,8 @@ _CH_FIXES = {
     497: "the user lacks a grant: see `mailaudit migrate --print-grants`",   # ACCESS_DENIED
     516: "authentication failed: check the user and password",        # AUTHENTICATION_FAILED
 }
+
+_SETTING = re.compile(r"^[a-z_]+\.[a-z_.]+ (must|is|should) ")
 
 _SERVERS_FIX = "start the local stack (`mailaudit stack up`) or point {var} at a running server"
 
@@ -83,6 +86,9 @@ def _explain(e: BaseException, cfg: Config | None) -> str | None:
     if isinstance(e, ConnectionError) or (isinstance(e, OSError) and e.errno in (
             errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT)):
         return f"connection failed ({_first_line(e)}); is the server up? (`mailaudit stack status`)"
+    if isinstance(e, ValueError) and _SETTING.match(_first_line(e)):
+        # A setting checked where it is used (detect.containment, kafka.security_protocol, ...).
+        return f"configuration: {_first_line(e)} (set it in the config file or its MAILAUDIT_* variable)"
     if isinstance(e, EOFError):
         return f"{_clickhouse_where(cfg)} closed the connection unexpectedly; check the server and its log"
     return None

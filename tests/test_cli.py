@@ -59,6 +59,9 @@ def test_explain_names_the_server_and_the_fix():
     line = explain(KafkaTimeoutError("Unable to bootstrap"), cfg)
     assert "Kafka at 127.0.0.1:9092" in line and "MAILAUDIT_KAFKA_BOOTSTRAP" in line
     assert explain(ZeroDivisionError("x"), cfg) is None
+    line = explain(ValueError("detect.containment must be one of off, notify, hold (got 'x')"), cfg)
+    assert line.startswith("configuration: detect.containment must be one of") and "MAILAUDIT_" in line
+    assert explain(ValueError("something else broke"), cfg) is None
 
 
 def _cli(args, env, cwd):
