@@ -14,8 +14,10 @@ def guarded_clickhouse(fn, args, cfg) -> int:
     try:
         return fn(args, cfg)
     except (ClickHouseError, OSError, EOFError) as e:
+        from mailaudit.failures import explain
+
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"ClickHouse: {first[:300]}") from None
+        raise UserError(explain(e, cfg) or f"ClickHouse: {first[:300]}") from None
 
 
 def require_topic(cfg, topic: str) -> None:
