@@ -83,3 +83,32 @@ def test_a_2mb_and_a_7mb_disclosure_are_published_and_read_back_from_the_topic(m
     assert got[mid.event_id].to == mid.to and TRUNCATED_FIELD not in got[mid.event_id].extra
     cut = got[big.event_id]
     assert cut.extra[TRUNCATED_FIELD] == {"to": len(big.to)} and len(cut.to.split(", ")) > 50_000
+
+
+@pytest.mark.servers
+def test_large_disclosures_are_stored_whole_or_cut_never_stalling_ingest(make_cfg):
+    """The consumer stores both (a 60,000-address copy and a cut 200,000-address one), and the
+    events after them: a large event is never a poison message."""
+    from helpers import ConsumerThread, wait_until
+    from mailaudit.ingest.clickhouse import Database
+    from mailaudit.ingest.schema import migrate
+
+    cfg = make_cfg()
+    db = Database(cfg.clickhouse)
+    migrate(db)
+    create_topics(cfg.kafka)
+    mid, mid_addrs = _leak(20, 60_000)
+    big, _ = _leak(21, 200_000)
+    after = make_event(22)
+    pub = Publisher(cfg.kafka, "billing", max_block_ms=1000)
+    try:
+        for e in (mid, big, after):
+            assert pub.publish_event(e)
+        assert pub.flush(60) and pub.failed == 0, pub.stats()
+    finally:
+        pub.close()
+    with ConsumerThread(cfg):
+        wait_until(lambda: db.execute("SELECT count() FROM {db}.events")[0][0] == 3, 120, what="3 events stored")
+    rows = {str(k): n for k, n in db.execute("SELECT event_id, length(to_hashes) FROM {db}.events")}
+    assert rows[mid.event_id] == len(mid_addrs) and rows[big.event_id] > 50_000 and rows[after.event_id] == 1
+    assert db.execute("SELECT count() FROM {db}.errors") == [(0,)]
