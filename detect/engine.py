@@ -38,7 +38,7 @@ from mailaudit.detect.org import OrgModel, is_consumer, org_domain
 from mailaudit.detect.slips import SlipTracker
 from mailaudit.detect.signals import (
     BCC_HEADER, CONCATENATED_TO, FIRE, RUN_TOGETHER, VISIBLE_DISCLOSURE, WAIT, Signals, disclosed_addresses,
-    disclosure_signals, trivially_benign,
+    disclosure_signals, trivially_benign, visible_view,
 )
 from mailaudit.ingest.parsed import ParsedEvent, parse_event
 from mailaudit.ingest.wire import Event, format_time
@@ -49,6 +49,8 @@ _MAX_REPEAT = 10_000           # (campaign, visible list) pairs remembered per s
 _MAX_SIBLINGS = 200_000        # Message-IDs remembered per service for the group wait
 _FP_CACHE = 10_000             # visible lists remembered per incident for exposed counting
 _FULL = "full"
+_VIEW_MIN = 20                 # visible addresses from which a list's analysis is cached across copies
+_VIEW_CACHE = 64
 _FP = "\x00fp:"                # sibling index key prefix: copies by visible list rather than Message-ID
 _ORG = "\x00org"               # incident cache key: ids of the organisation's own addresses exposed
 _MAX_ORG_EXPOSED = 1000
@@ -196,6 +198,7 @@ class DetectionEngine:
         self._exposures: list[ExposureRow] = []
         self._seq = 0
         self._last_fp: tuple[ParsedEvent, str] | None = None   # (copy, visible fingerprint): computed once
+        self._views: dict[tuple, Any] = {}      # long visible lists -> VisibleView (a cache, not state)
 
     # --- public API --------------------------------------------------------------------------
 
@@ -342,7 +345,8 @@ class DetectionEngine:
         exp = ps.event.sent_at_ms + svc.keep_ms
         ident = self.book.id
         ids = [ident(a) for a in ps.envelope]
-        fp = fingerprint_ids(ident(a) for a in ps.visible)
+        view = self._view(svc, ps)
+        fp = view.fingerprint if view is not None else fingerprint_ids(ident(a) for a in ps.visible)
         self._last_fp = (ps, fp)
         for key in (ps.event.message_id, _FP + fp):
             entry = svc.siblings.get(key)
@@ -355,6 +359,23 @@ class DetectionEngine:
                 if exp > entry[1]:
                     entry[1] = exp
             svc.sibling_q.append((exp, key))
+
+    def _view(self, svc: _Service, ps: ParsedEvent):
+        """The envelope-independent analysis of a long visible list, computed once for all copies that
+        show it (a concatenated To repeats on every copy of a leak); None for short lists."""
+        to, cc = ps.to.addresses, ps.cc.addresses
+        if len(to) + len(cc) < _VIEW_MIN:
+            return None
+        org = svc.org
+        key = (svc.name, to, cc, ps.from_.addresses, org.version)
+        view = self._views.get(key)
+        if view is None:
+            if len(self._views) >= _VIEW_CACHE:
+                self._views.clear()
+            ident = self.book.id
+            view = self._views[key] = visible_view(
+                ps, org, ident, lambda vis: fingerprint_ids(ident(a) for a in vis))
+        return view
 
     def _accounted(self, svc: _Service, mid: str, fp: str | None, default=()) -> set[int] | frozenset | tuple:
         """Envelope recipients of every submission of this message: same Message-ID, or same visible list."""
@@ -383,7 +404,7 @@ class DetectionEngine:
                 return last[1]                      # computed by _index_sibling for this copy
             return fingerprint_ids(ident(a) for a in vis)
 
-        sig = disclosure_signals(ps, r, fp, org, ident)
+        sig = disclosure_signals(ps, r, fp, org, ident, self._view(svc, ps))
         meta = _Meta.of(ps.event)
         if (sig.strangers and sig.verdict != FIRE and r.role_learn_copies and len(sig.strangers) <= r.role_max
                 and org.observe(meta.scope, sig.strangers, ps.envelope, ident)):

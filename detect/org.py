@@ -27,6 +27,7 @@ raw, and the state is plain JSON (``to_state``/``from_state``).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable
 
 # Consumer mailbox providers: an address there is a private person, and such a domain is never
@@ -62,6 +63,8 @@ members help helpdesk service customerservice contact hello team office admin no
 
 # Second-level labels under which registrations happen one level deeper (example.co.uk, x.com.au).
 _SECOND_LEVEL = frozenset(("co", "com", "net", "org", "ac", "gov", "edu", "ne", "or", "go", "gob", "nic", "mil"))
+
+_VERSIONS = itertools.count(1)   # every change of any model gets a new number: a cache key, never reused
 
 ORG = "org"
 EXTERNAL = "external"
@@ -131,6 +134,7 @@ class OrgModel:
     def bind(self, org_domains: Iterable[str], role_addresses: Iterable[str], learn_copies: int,
              role_max: int) -> None:
         """(Re)attach configuration: it is never part of the state."""
+        self.version = next(_VERSIONS)
         self.org_domains = frozenset(d.strip().lower().lstrip("@").rstrip(".") for d in org_domains if d.strip())
         self.roles = frozenset(a.strip().lower() for a in role_addresses if a.strip())
         self.learn_copies = learn_copies
@@ -151,6 +155,7 @@ class OrgModel:
                 continue
             if od not in self.own and len(self.own) < self.MAX_OWN:
                 self.own[od] = None
+                self.version = next(_VERSIONS)
 
     def is_org(self, addr: str, ident, from_: tuple[str, ...] = ()) -> bool:
         if addr in from_ or addr in self.roles:
@@ -210,6 +215,7 @@ class OrgModel:
                 if len(self.learned) >= self.MAX_LEARNED:
                     self.learned.pop(next(iter(self.learned)))
                 self.learned[i] = None
+                self.version = next(_VERSIONS)
                 learned.append(a)
         return learned
 
@@ -230,5 +236,6 @@ class OrgModel:
         m = cls(org_domains, role_addresses, learn_copies, role_max)
         m.own = dict.fromkeys(str(x) for x in d.get("own", ()))
         m.learned = dict.fromkeys(int(i) for i in d.get("learned", ()))
+        m.version = next(_VERSIONS)
         m.candidates = {str(k): [int(i) for i in v] for k, v in d.get("candidates", {}).items()}
         return m

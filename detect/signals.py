@@ -83,10 +83,13 @@ def disclosure_signals(
     fingerprint: Callable[[tuple[str, ...]], str] = default_fingerprint,
     org: OrgModel | None = None,
     ident: Callable[[str], int] | None = None,
+    view: "VisibleView | None" = None,
 ) -> Signals:
     """The verdict on one copy. ``org``/``ident``: the service's organisation model and the address
     id function it keys on; without them the configured ``org_domains``/``role_addresses``, the
-    copy's own From address and role mailbox names at its domain count as "us" (nothing learned)."""
+    copy's own From address and role mailbox names at its domain count as "us" (nothing learned).
+    ``view``: a ``visible_view`` of this copy's headers computed earlier (copies of one long list
+    share it); its envelope-dependent part is always computed here."""
     visible = ps.visible
     envelope = set(ps.envelope)
     n_visible = len(visible)
@@ -113,40 +116,25 @@ def disclosure_signals(
         org = OrgModel(rules.org_domains, rules.role_addresses, 0, rules.role_max)
         org.see_from(from_)
         ident = _no_ident
-    ours = {a for a in visible if org.is_org(a, ident, from_)}
-    strangers = tuple(a for a in visible if a not in envelope and a not in ours)
+    v = view if view is not None else visible_view(ps, org, ident, fingerprint)
+    ours = v.ours
+    ext = v.ext
+    hit = envelope & v.ext_set
+    strangers = tuple(a for a in ext if a not in hit) if hit else ext
     n_strangers = len(strangers)
-    domains = len({a.rpartition("@")[2] for a in visible})
+    domains = v.domains
 
-    # Who is exposed: each person at a consumer provider is a party; staff of another organisation
-    # count once per organisation (they know each other); the sender's own-domain mailboxes that are
-    # not "us" count once too, except in a campaign, where those that receive it are its customers
-    # (an ISP's, a university's), each a party.
-    people = own_customers = 0
-    orgs: set[str] = set()
-    own_seen = False
-    own_check = bool(org.own or org.org_domains)
-    for a in visible:
-        if a in ours:
-            continue
-        dom = a.rpartition("@")[2]
-        od, consumer = classify(dom)
-        if consumer:
-            people += 1
-        elif own_check and org.is_own_domain(dom):
-            own_seen = True
-            if a in envelope:
-                own_customers += 1
-        else:
-            orgs.add(od)
-    parties = people + len(orgs) + own_seen
-    campaign_parties = people + len(orgs) + max(own_customers, own_seen)
+    # Who is exposed (see VisibleView): in a campaign, the sender's own-domain mailboxes that
+    # receive it are its customers (an ISP's, a university's), each a party.
+    own_customers = len(v.own_ext & envelope) if v.own_ext else 0
+    parties = v.people + v.orgs + v.own_seen
+    campaign_parties = v.people + v.orgs + max(own_customers, v.own_seen)
 
     concatenated = None
-    for name, header in (("to", to), ("cc", cc)):
-        header_strangers = sum(1 for a in set(header.addresses) if a not in envelope and a not in ours)
+    for name, hset, hcount in (("to", v.to_set, to.count), ("cc", v.cc_set, cc.count)):
+        header_strangers = len(hset) - len(hset & envelope)
         if header_strangers >= rules.strangers_min and (
-            header.count >= rules.visible_max or header_strangers >= rules.strangers_critical
+            hcount >= rules.visible_max or header_strangers >= rules.strangers_critical
         ):
             concatenated = name
             break
@@ -204,13 +192,63 @@ def disclosure_signals(
         concatenated=concatenated,
         open_list=open_list,
         undisclosed=n_visible == 0 and (to.group or cc.group),
-        fingerprint=fingerprint(visible) if n_visible >= 2 else None,
+        fingerprint=v.fingerprint,
         verdict=verdict,
         kinds=tuple(k for k in KIND_PRIORITY if k in kinds),
         severity=severity,
-        org=tuple(a for a in visible if a in ours),
+        org=tuple(a for a in visible if a in ours) if ours else (),
         parties=max(parties, campaign_parties) if ps.event.campaign else parties,
-        all_strangers=sum(1 for a in visible if a not in envelope),
+        all_strangers=n_visible - len(v.visible_set & envelope),
+    )
+
+
+@dataclass(slots=True)
+class VisibleView:
+    """What a copy's verdict needs from its visible list and the organisation model alone — the same
+    for every copy of one list, so the engine may compute it once for a long list (a concatenated To
+    repeats on every copy). Who is exposed: each person at a consumer provider is a party; the staff
+    of another organisation count once per organisation (they know each other); the sender's
+    own-domain mailboxes that are not "us" count once (``own_seen``)."""
+
+    ours: frozenset[str]              # visible addresses on the organisation's side
+    ext: tuple[str, ...]              # the others, header order
+    ext_set: frozenset[str]
+    visible_set: frozenset[str]
+    own_ext: frozenset[str]           # external addresses at the sender's own domain
+    people: int                       # external addresses at consumer providers
+    orgs: int                         # other external organisations (registrable domains)
+    own_seen: bool
+    domains: int                      # distinct visible domains
+    to_set: frozenset[str]            # distinct To addresses not ours
+    cc_set: frozenset[str]
+    fingerprint: str | None
+
+
+def visible_view(ps: ParsedEvent, org: OrgModel, ident: Callable[[str], int],
+                 fingerprint: Callable[[tuple[str, ...]], str] = default_fingerprint) -> VisibleView:
+    visible = ps.visible
+    from_ = ps.from_.addresses
+    ours = frozenset(a for a in visible if org.is_org(a, ident, from_))
+    ext = tuple(a for a in visible if a not in ours) if ours else visible
+    people = 0
+    orgs: set[str] = set()
+    own: list[str] = []
+    own_check = bool(org.own or org.org_domains)
+    for a in ext:
+        dom = a.rpartition("@")[2]
+        od, consumer = classify(dom)
+        if consumer:
+            people += 1
+        elif own_check and org.is_own_domain(dom):
+            own.append(a)
+        else:
+            orgs.add(od)
+    return VisibleView(
+        ours=ours, ext=ext, ext_set=frozenset(ext), visible_set=frozenset(visible), own_ext=frozenset(own),
+        people=people, orgs=len(orgs), own_seen=bool(own),
+        domains=len({a.rpartition("@")[2] for a in visible}),
+        to_set=frozenset(ps.to.addresses) - ours, cc_set=frozenset(ps.cc.addresses) - ours,
+        fingerprint=fingerprint(visible) if len(visible) >= 2 else None,
     )
 
 
