@@ -9,7 +9,7 @@ Roles (ClickHouse user / Kafka principal):
 - ``ingest``    the consumer: INSERT events and errors (and the dashboard's per-minute aggregate, which
                 a materialized view fills on every events insert with the inserter's rights); Kafka:
                 read mail.headers in its group, write the DLQ.
-- ``detect``    the detector: SELECT events/exposures (model training, exposure reports), INSERT
+- ``detect``    the detector: SELECT exposures and its checkpoints, INSERT
                 alerts, incidents, exposures; Kafka: read mail.headers in its group, write
                 mail.alerts and mail.control (containment holds).
 - ``dashboard`` SELECT on the database, plus INSERT on ``audit_log`` only: operators' acknowledge /
@@ -54,8 +54,8 @@ class ChRole:
 CH_ROLES: tuple[ChRole, ...] = (
     ChRole("mailaudit_ingest", "ingest consumer (mailaudit consume)",
            (("INSERT", "events"), ("INSERT", "errors"), ("INSERT", DASHBOARD_AGGREGATE), ("INSERT", SEARCH_INDEX))),
-    ChRole("mailaudit_detect", "detector (mailaudit detect, model train, exposure)",
-           (("SELECT", "events"), ("SELECT", "exposures"), ("INSERT", "alerts"), ("INSERT", "incidents"),
+    ChRole("mailaudit_detect", "detector (mailaudit detect)",
+           (("SELECT", "exposures"), ("INSERT", "alerts"), ("INSERT", "incidents"),
             ("INSERT", "exposures"), ("SELECT", "detect_checkpoints"), ("INSERT", "detect_checkpoints"))),
     ChRole("mailaudit_dashboard", "dashboard: reads everything, records operator actions",
            (("SELECT", "*"), ("INSERT", "audit_log"))),
