@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.servers
 
 
 def _positive(x) -> bool:
@@ -16,6 +15,7 @@ def _load(x) -> bool:
     return isinstance(x, list) and len(x) == 3 and all(isinstance(v, float) and v >= 0 for v in x)
 
 
+@pytest.mark.servers
 def test_bench_ingest_tiny(stack):
     from mailaudit.bench.ingest import bench_ingest
 
@@ -33,6 +33,7 @@ def test_bench_ingest_tiny(stack):
     assert _positive(out["bytes_per_event_on_disk_18_16"]) and _positive(out["bytes_per_event_on_disk_modern_chdb"])
 
 
+@pytest.mark.servers
 def test_bench_latency_tiny(stack):
     from mailaudit.bench.latency import bench_latency
 
@@ -54,6 +55,7 @@ def test_bench_latency_tiny(stack):
     assert "volume_spike" not in r["paths"]
 
 
+@pytest.mark.servers
 def test_bench_dashboard_tiny(stack):
     from mailaudit.bench.dashboard import bench_dashboard
 
