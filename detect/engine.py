@@ -53,6 +53,8 @@ _VIEW_MIN = 20                 # visible addresses from which a list's analysis 
 _VIEW_CACHE = 64
 _FP = "\x00fp:"                # sibling index key prefix: copies by visible list rather than Message-ID
 _ORG = "\x00org"               # incident cache key: ids of the organisation's own addresses exposed
+_ORG_H = "\x00orgh"            # ... and their keyed hashes (with a hash key), for the exposure report
+_ORG_HASHES_MAX = 100          # org-side hashes quoted in evidence
 _MAX_ORG_EXPOSED = 1000
 
 
@@ -556,6 +558,9 @@ class DetectionEngine:
         # organisation's own addresses (its meaning before the organisation model) stays in evidence.
         evidence["exposed_org"] = org_shown
         evidence["exposed_including_org"] = len(inc.exposed) + org_shown
+        if inc.exposure_fps.get(_ORG_H):
+            # keyed hashes of the organisation's own addresses shown (the exposure report's "side")
+            evidence["org_hashes"] = inc.exposure_fps[_ORG_H][:_ORG_HASHES_MAX]
         alert = self.incidents.record(
             inc, new, kind=kind, severity=severity, event_id=meta.event_id, sent_at_ms=meta.sent_at_ms,
             campaign=meta.campaign, template=meta.template, copies=1,
@@ -724,10 +729,9 @@ def _count_exposed(inc: Incident, fp: str | None, disclosed: list[AddrInfo], env
     if fp is None or not envelope_ids:
         return
     if len(cache) >= _FP_CACHE:
-        org = cache.get(_ORG)
+        keep = {k: cache[k] for k in (_ORG, _ORG_H) if k in cache}
         cache.clear()
-        if org is not None:
-            cache[_ORG] = org
+        cache.update(keep)
     if len(envelope_ids) >= 2:
         cache[fp] = _FULL
     else:
@@ -742,6 +746,8 @@ def _count_org_exposed(inc: Incident, exposed: list[tuple[AddrInfo, int]], org_i
     for a, _ in exposed:
         if a.id in org_ids and a.id not in ids and len(ids) < _MAX_ORG_EXPOSED:
             ids.append(a.id)
+            if a.hash is not None:
+                inc.exposure_fps.setdefault(_ORG_H, []).append(a.hash)
     return len(ids)
 
 

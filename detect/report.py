@@ -9,6 +9,7 @@ the same hash key: each listed address is hashed and matched, nothing is ever un
 from __future__ import annotations
 
 import csv
+import json
 import uuid
 from pathlib import Path
 from typing import Iterable
@@ -32,16 +33,38 @@ GROUP BY h
 ORDER BY copies DESC, seen_by DESC, masked, h
 """
 
-COLUMNS = ("address_hash", "address_masked", "domain", "copies", "seen_by", "first_seen", "last_seen")
+COLUMNS = ("address_hash", "address_masked", "domain", "copies", "seen_by", "first_seen", "last_seen", "side")
+
+# The sending organisation's own addresses an incident showed (detect/org.py): the engine quotes their
+# keyed hashes in the alerts' evidence (`org_hashes`), so the report can say which side each is on.
+ORG_HASHES_SQL = "SELECT evidence FROM {db}.alerts WHERE incident_id = %(incident)s"
 
 
 def exposure_report(db: Database, incident_id: str) -> list[dict]:
     rows = db.execute(EXPOSURE_SQL, {"incident": uuid.UUID(incident_id)})
-    return [
+    org = org_hashes(r[0] for r in db.execute(ORG_HASHES_SQL, {"incident": uuid.UUID(incident_id)}))
+    out = [
         {"address_hash": h, "address_masked": m, "domain": d, "copies": int(c), "seen_by": int(s),
-         "first_seen": format_time(int(f)), "last_seen": format_time(int(last))}
+         "first_seen": format_time(int(f)), "last_seen": format_time(int(last)),
+         "side": "org" if h in org else "external"}
         for h, m, d, c, s, f, last in rows
     ]
+    # People first (they are who may need telling), then the organisation's own addresses.
+    return sorted(out, key=lambda r: r["side"] == "org")
+
+
+def org_hashes(evidences: Iterable[str]) -> set[str]:
+    """Union of the ``org_hashes`` quoted in an incident's alert evidence (JSON strings)."""
+    out: set[str] = set()
+    for text in evidences:
+        try:
+            ev = json.loads(text or "{}")
+        except ValueError:
+            continue
+        hs = ev.get("org_hashes") if isinstance(ev, dict) else None
+        if isinstance(hs, list):
+            out.update(h for h in hs if isinstance(h, str))
+    return out
 
 
 def read_addresses(path: str | Path) -> Iterable[str]:

@@ -76,7 +76,7 @@ def test_the_printed_exposure_command_works_with_no_environment(new_user):
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines()[0].startswith("mailaudit exposure: using the local stack in ")
     lines = out.stdout.splitlines()
-    assert lines[0] == "address_hash,address_masked,domain,copies,seen_by,first_seen,last_seen"
+    assert lines[0] == "address_hash,address_masked,domain,copies,seen_by,first_seen,last_seen,side"
     rows = [ln.split(",") for ln in lines[1:]]
     assert len(rows) >= int(_opened(r.stdout).group(6))
     assert all(re.fullmatch(r"[0-9a-f]{32}", row[0]) and "***@" in row[1] and int(row[3]) >= 1 for row in rows)

@@ -7,6 +7,7 @@ import itertools
 import json
 import uuid
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -382,3 +383,41 @@ def test_checkpoint_with_org_and_slip_state_holds_no_raw_address():
     assert eng.services["svc"].pending and eng.services["svc"].slips.scopes
     for a in lst + ["j.berg@acme.example", "k.roth@acme.example", "x1@yahoo.com", "support@acme.example"]:
         assert a not in blob and a.split("@")[0] not in blob
+
+
+@pytest.mark.servers
+def test_stored_exposure_report_says_which_side_each_address_is_on(make_cfg):
+    """`mailaudit exposure` reads ClickHouse: the org side comes from the alerts' `org_hashes` evidence."""
+    from mailaudit.detect.report import exposure_report
+    from mailaudit.detect.sinks import ClickHouseSink
+    from mailaudit.ingest.clickhouse import Database
+    from mailaudit.ingest.schema import migrate
+
+    cfg = make_cfg()
+    db = Database(cfg.clickhouse)
+    migrate(db)
+    h = AddressHasher(cfg.privacy.hash_key.encode(), "k1")
+    eng = engine(hasher=h)
+    batch = customers(12)
+    alerts = []
+    for i in range(3):
+        alerts += eng.process(ev(", ".join(batch), [batch[i]], cc="support@acme.example", t=i * 100, campaign="oops"))
+    alerts += eng.flush()
+    copies: dict = {}
+    for r in eng.take_exposures():
+        rec = copies.setdefault(r.event_id, {
+            "incident_id": r.incident_id, "event_id": r.event_id, "sent_ms": r.sent_at_ms, "service": "svc",
+            "campaign": "oops", "key_id": r.key_id, "exposed_hashes": [], "exposed_masked": [],
+            "exposed_domains": [], "recipient_hashes": [h.hash("x@y.example")]})
+        rec["exposed_hashes"].append(r.address_hash)
+        rec["exposed_masked"].append(r.address_masked)
+        rec["exposed_domains"].append(r.domain)
+    ClickHouseSink(db).deliver([{"type": "alert", "alert": a.to_dict()} for a in alerts]
+                               + [{"type": "exposure", "row": rec} for rec in copies.values()])
+    report = exposure_report(db, alerts[0].incident_id)
+    sides = {r["address_hash"]: r["side"] for r in report}
+    assert sides[h.hash("support@acme.example")] == "org"
+    assert [r["side"] for r in report].count("org") == 1 and len(report) == 13
+    assert all(sides[h.hash(c)] == "external" for c in batch) and report[-1]["side"] == "org"
+    assert alerts[0].exposed == 11 and alerts[-1].exposed == 12       # people only; support@ is ours
+    db.disconnect()
