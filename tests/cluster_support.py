@@ -21,7 +21,7 @@ ZK_JAR = "/usr/share/java/zookeeper.jar"
 
 _CLUSTER_XML = """  <interserver_http_port>{inter}</interserver_http_port>
   <interserver_http_host>127.0.0.1</interserver_http_host>
-  <zookeeper><node><host>127.0.0.1</host><port>{zk}</port></node><session_timeout_ms>6000</session_timeout_ms></zookeeper>
+  <zookeeper><node><host>127.0.0.1</host><port>{zk}</port></node><session_timeout_ms>20000</session_timeout_ms></zookeeper>
   <remote_servers><{cluster}><shard><internal_replication>true</internal_replication>
 {replicas}  </shard></{cluster}></remote_servers>
   <macros><shard>01</shard><replica>{replica}</replica></macros>
@@ -54,7 +54,10 @@ class ZkCluster:
         (zdir / "data").mkdir(parents=True, exist_ok=True)
         (zdir / "zoo.cfg").write_text(
             f"tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={zdir / 'data'}\nclientPort={self.zk_port}\n"
-            "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=ruok\n")
+            "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=ruok,srvr\n"
+            # A throw-away test server: no fsync per session/transaction. Under load an fsync'd session
+            # creation can outlast 18.16's first connection attempt, after which its DDL worker crashes.
+            "forceSync=no\n")
         log = open(zdir / "zookeeper.log", "ab")
         self.zk = subprocess.Popen(
             ["java", "-Xmx256m", "-cp", f"{ZK_JAR}:/etc/zookeeper/conf", "-Dzookeeper.admin.enableServer=false",
@@ -63,9 +66,11 @@ class ZkCluster:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
+                # `ruok` answers before the server takes sessions; `srvr` says "Mode:" once it does
+                # (a ClickHouse 18.16 whose first ZooKeeper handshake is dropped later crashes).
                 with socket.create_connection(("127.0.0.1", self.zk_port), 1) as s:
-                    s.sendall(b"ruok")
-                    if s.recv(4) == b"imok":
+                    s.sendall(b"srvr")
+                    if b"Mode:" in s.recv(4096):
                         return
             except OSError:
                 pass
@@ -91,11 +96,21 @@ class ZkCluster:
         (conf / "users.xml").write_text(_CH_USERS)
         self.pids[i] = _spawn(clickhouse_binary() + [f"--config-file={conf / 'config.xml'}"],
                               logs / "stdout.log", cwd=conf)
+        # Ready = it has a ZooKeeper session: 18.16 crashes (null session) on ON CLUSTER DDL sent
+        # before its first connection to ZooKeeper is up.
+        from clickhouse_driver import Client
+
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if port_open(tcp):
-                return
-            time.sleep(0.1)
+                try:
+                    c = Client(host="127.0.0.1", port=tcp, connect_timeout=2, send_receive_timeout=5)
+                    c.execute("SELECT count() FROM system.zookeeper WHERE path = '/'")
+                    c.disconnect()
+                    return
+                except Exception:  # noqa: BLE001 - not ready yet
+                    pass
+            time.sleep(0.2)
         raise RuntimeError(f"ClickHouse node {i} did not start: {self.log_tail(i)}")
 
     def stop_node(self, i: int, sig: int = signal.SIGKILL) -> None:

@@ -99,6 +99,14 @@ def test_replica_down_during_ingest_converges_nothing_lost_or_duplicated(make_cf
             assert {r[0] for r in d.execute("SELECT toString(event_id) FROM {db}.events_local")} == ids
             assert d.execute("SELECT count() FROM {db}.events FINAL")[0][0] == len(ids)
 
+        # The dashboard reads through the Distributed tables, on either node.
+        from mailaudit.dashboard.queries import known_services, traffic
+
+        t0 = min(e.sent_at_ms for e in events) // 1000
+        for d in db:
+            assert int(traffic(d, t0 - 60, t0 + 3600, 60)["messages"].sum()) == len(ids)
+            assert known_services(d, t0 - 60) == sorted({e.service for e in events})
+
         # The detector's checkpoints through the Distributed table: the furthest wins (FINAL).
         store = CheckpointStore(db[0], "g", None)
         for pos in (10, 30, 20):
