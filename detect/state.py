@@ -101,6 +101,27 @@ def _state_name(t: type) -> str | None:
     return None
 
 
+def _enc_siblings(d: Any) -> Any:
+    """message id -> [set of address ids, expiry]: tens of thousands of entries per busy service, so
+    columns instead of one tagged object per entry (about 10x faster than the generic form)."""
+    if type(d) is not dict or not all(type(v) is list and len(v) == 2 and type(v[0]) is set and type(v[1]) is int
+                                       and type(k) is str for k, v in d.items()):
+        return encode(d)
+    vals = d.values()
+    return {"$sib": [list(d), [list(v[0]) for v in vals], [v[1] for v in vals]]}
+
+
+def _enc_queue(q: Any) -> Any:
+    """deque of (expiry, message id) pairs, as two columns."""
+    if type(q) is not deque or not all(type(x) is tuple and len(x) == 2 for x in q):
+        return encode(q)
+    return {"$sq": [[x[0] for x in q], [x[1] for x in q]], "n": q.maxlen}
+
+
+# Fast forms for the few attributes that dominate a checkpoint's size: (class state name, attribute).
+_CODECS = {("engine._Service", "siblings"): _enc_siblings, ("engine._Service", "sibling_q"): _enc_queue}
+
+
 def _attr_names(obj: Any) -> list[str]:
     names: list[str] = []
     for k in type(obj).__mro__:
@@ -130,7 +151,8 @@ def encode(v: Any) -> Any:
         for a in _attr_names(v):
             if a in skip or not hasattr(v, a):
                 continue
-            attrs[a] = encode(getattr(v, a))
+            codec = _CODECS.get((name, a))
+            attrs[a] = codec(getattr(v, a)) if codec is not None else encode(getattr(v, a))
         return {"$c": name, "a": attrs}
     if t is tuple:
         return {"$t": [encode(x) for x in v]}
@@ -169,6 +191,14 @@ def decode(v: Any) -> Any:
         for a, x in v.get("a", {}).items():
             object.__setattr__(obj, a, decode(x))
         return obj
+    if "$sib" in v:
+        keys, ids, exps = v["$sib"]
+        if not (len(keys) == len(ids) == len(exps)):
+            raise StateError("corrupt sibling index")
+        return {k: [set(i), x] for k, i, x in zip(keys, ids, exps)}
+    if "$sq" in v:
+        exps, keys = v["$sq"]
+        return deque(zip(exps, keys), v.get("n"))
     if "$t" in v:
         return tuple(decode(x) for x in v["$t"])
     if "$s" in v:
@@ -200,7 +230,7 @@ def dumps(doc: Any, compress: bool = True, max_bytes: int = MAX_BYTES) -> str:
         raise StateTooLarge(f"detection state is {len(raw)} bytes, over the {max_bytes}-byte limit")
     if not compress:
         return f"{WIRE_VERSION};j;" + raw.decode("utf-8")
-    return f"{WIRE_VERSION};z;" + base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
+    return f"{WIRE_VERSION};z;" + base64.b64encode(zlib.compress(raw, 1)).decode("ascii")   # speed over ratio
 
 
 def loads(text: str, max_bytes: int = MAX_BYTES) -> Any:
