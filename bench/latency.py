@@ -98,7 +98,8 @@ def _pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: float, paths: bool = True) -> dict:
+def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: float, paths: bool = True,
+              detect_args: tuple[str, ...] = ()) -> dict:
     load_before = [float(x) for x in os.getloadavg()]
     uid = uuid.uuid4().hex[:8]
     cfg = Config()
@@ -116,7 +117,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
     path = state / f"lat-{uid}.toml"
     path.write_text(tomlw.dumps(dataclasses.asdict(cfg)))
 
-    det = subprocess.Popen([sys.executable, "-m", "mailaudit", "--config", str(path), "detect", "--log-level", "WARNING"],
+    det = subprocess.Popen([sys.executable, "-m", "mailaudit", "--config", str(path), "detect", "--log-level", "WARNING", *detect_args],
                            stdout=subprocess.DEVNULL, stderr=open(state / f"detect-{uid}.log", "wb"))
     arrivals: dict[str, float] = {}
     path_arrivals: dict[tuple[str, str], float] = {}
@@ -238,10 +239,12 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
 
 
 def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak_every_s: float = 0.5, runs: int = 1,
-                  state_dir: str | None = None, plot: str | None = None, info=None) -> dict:
+                  state_dir: str | None = None, plot: str | None = None, info=None,
+                  detect_args: tuple[str, ...] = ()) -> dict:
     """Latency per offered rate; ``plot``: write p50/p99 vs rate as a PNG there; ``info``: run on these
-    servers (a ``StackInfo``) instead of a local stack. Every run attempted is reported (``runs``),
-    with the median and the worst of their p99s."""
+    servers (a ``StackInfo``) instead of a local stack; ``detect_args``: extra `mailaudit detect`
+    arguments (e.g. ``("--checkpoint-interval", "600")`` to see what checkpoints cost). Every run
+    attempted is reported (``runs``), with the median and the worst of their p99s."""
     state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-lat-"))
     stack = None
     if info is None:
@@ -250,7 +253,8 @@ def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak
     results = []
     try:
         for rate in rates:
-            per = [_one_rate(info, state, float(rate), duration_s, leak_every_s) for _ in range(runs)]
+            per = [_one_rate(info, state, float(rate), duration_s, leak_every_s, detect_args=detect_args)
+                   for _ in range(runs)]
             med = {k: statistics.median(r[k] for r in per if r[k] is not None)
                    for k in ("rate_achieved", "p50_ms", "p99_ms", "max_ms") if any(r[k] is not None for r in per)}
             p99s = [r["p99_ms"] for r in per if r["p99_ms"] is not None]
