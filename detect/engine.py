@@ -115,6 +115,8 @@ class _Bucket:
     rmax_id: str = ""
     rmax_campaign: str | None = None
     rmax_template: str | None = None
+    peek_at: int = 0                 # service-wide series: count at which to ask the detector early again
+    early: bool = False              # ... and whether it already alerted on the filling bucket
 
 
 class _Series:
@@ -576,6 +578,7 @@ class DetectionEngine:
         t = e.sent_at_ms
         start = t - t % svc.bucket_ms
         self._count(svc, svc.volume, start, e)
+        self._early_volume(svc, start, e, out)
         if svc.spikes.per_campaign:
             scope = e.campaign or e.template
             if scope:
@@ -606,6 +609,35 @@ class DetectionEngine:
         self._fire_spike(svc, "recipient_spike", "", meta, 1, ev,
                          f"{svc.name}: one message went to {n} envelope recipients, over "
                          f"{int(nov.ratio)}x the largest this service usually sends ({nov.reference:g}).", out)
+
+    def _early_volume(self, svc: _Service, start: int, e: Event, out: list[Alert]) -> None:
+        """An early verdict on the service's bucket while it fills: its count so far is a lower bound
+        of its final count, so if the count so far already is a spike, the bucket will be one — alert
+        now rather than when the watermark closes the bucket (bucket + lateness later). The detector is
+        asked without learning (``peek``), at most every time the count grows by half (a few times per
+        bucket), and only once the mail minimums could be met."""
+        b = svc.volume.buckets.get(start)
+        if b is None or b.early:
+            return
+        rules = svc.spikes
+        if b.count < rules.min_messages_per_bucket or b.count < b.peek_at:
+            return
+        peek = getattr(svc.volume.det, "peek", None)
+        if peek is None:
+            return
+        b.peek_at = b.count + (b.count >> 1) + 1
+        r = peek(start / 1000.0, b.count)
+        if not _is_spike(r, b.count, rules.min_messages_per_bucket, rules.min_ratio):
+            return
+        b.early = True
+        ev = _spike_evidence(r)
+        ev.update(messages=b.count, partial=True, bucket_s=rules.bucket_s, bucket_start=format_time(start),
+                  min_messages_per_bucket=rules.min_messages_per_bucket)
+        meta = _Meta(e.event_id, e.sent_at_ms, svc.name, e.campaign, e.template, "")
+        secs = (e.sent_at_ms - start) / 1000.0
+        self._fire_spike(svc, "volume_spike", "", meta, b.count, ev,
+                         f"{svc.name}: already {b.count} messages in the first {secs:.0f} s of the "
+                         f"{rules.bucket_s} s from {format_time(start)[11:19]}Z, far above the usual volume.", out)
 
     def _count(self, svc: _Service, series: _Series, start: int, e: Event) -> None:
         if series.closed_until_ms is not None and start < series.closed_until_ms:
@@ -652,6 +684,8 @@ class DetectionEngine:
         if not series.scope and b.rmax >= 0:
             self._close_recipients(svc, start, b, out)
         r = series.det.update(start / 1000.0, b.count)
+        if b.early:
+            return      # already alerted while the bucket was filling (_early_volume)
         if series.scope and self.incidents.get(svc.name, "", SPIKE) is not None:
             return      # the service-wide spike incident already covers this campaign's share: one page
         if _is_spike(r, b.count, rules.min_messages_per_bucket, rules.min_ratio):

@@ -492,10 +492,16 @@ class SpikeDetector:
     def score_one(self, x: Any, ts: Any = None) -> float:
         """River style: the score ``x`` would get now, without learning it."""
         t, v = self._unpack(x, ts)
-        v = float(v)
-        if v != v or v in (math.inf, -math.inf):
-            return 0.0
-        return self._evaluate(_epoch(t), v, peek=True)[0].score
+        return self.peek(t, v).score
+
+    def peek(self, ts: Any, value: float) -> SpikeResult:
+        """The full result ``update(ts, value)`` would return now, without learning anything (the
+        engine's early verdict on a volume bucket that is still filling)."""
+        x = float(value)
+        if x != x or x in (math.inf, -math.inf):
+            return SpikeResult(0.0, False, 0.0, x, self._baseline(), None, None, None, None, self.n,
+                               self.n >= self._warmup)
+        return self._evaluate(_epoch(ts), x, peek=True)[0]
 
     def state_size(self) -> int:
         """Number of floats/slots held (for memory-bound checks): constant once the history is full."""
