@@ -374,7 +374,8 @@ def bench_cv(nab_dir: str | os.PathLike = "../shared/nab", jobs: int = 2, grid: 
     scores are cached (a first run also spends ~2 min on one detector pass per grid entry)."""
     nab_dir = Path(nab_dir).resolve()
     grid = GRID if grid is None else grid
-    cache = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mailaudit" / "nab-cv"
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    cache = Path(cache_dir) if cache_dir else base / "mailaudit" / "nab-cv"
     t0 = time.monotonic()
     corpus = load_corpus(nab_dir)
     nab = FastNab(corpus)

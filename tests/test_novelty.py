@@ -11,7 +11,7 @@ from mailaudit.config import DetectConfig
 from mailaudit.detect.engine import DetectionEngine
 from mailaudit.detect.novelty import RecipientNovelty
 
-from test_engine import T0, ev, users
+from test_engine import ev, users
 
 
 def feed(nov, values, t0=0.0):

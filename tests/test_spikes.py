@@ -262,7 +262,10 @@ def test_weekly_blast_alerts_in_its_first_week_only_and_a_surge_elsewhere_still_
         r = det.update(t, poisson(rng, lam))
         if r.alert and r.direction == "up":       # what pages (the engine's _is_spike is upward only)
             alerts.append(t)
-    in_blast = lambda w: [t for t in alerts if T0 + w * WEEK + DAY + 9 * 3600 <= t < T0 + w * WEEK + DAY + 9 * 3600 + 5 * MINUTE]
+    def in_blast(w):
+        at = T0 + w * WEEK + DAY + 9 * 3600
+        return [t for t in alerts if at <= t < at + 5 * MINUTE]
+
     assert len(in_blast(0)) >= 1            # the first blast is news (after warm-up: day 2 of the series)
     assert in_blast(1) == [] and in_blast(2) == []
     elsewhere = [t for t in alerts if t in surge]
