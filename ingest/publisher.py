@@ -238,8 +238,9 @@ def _cut_list_text(text: str, keep: int) -> str:
 
 def fit_event(event: Event, limit: int = MAX_EVENT_BYTES) -> Event:
     """``event`` if it encodes within ``limit`` bytes; otherwise a copy whose largest text fields
-    (To, Cc, Bcc, envelope, subject, extra values) are halved until it fits, each cut at an address
-    boundary, with ``extra["mailaudit_truncated"]`` = {field: original length}. Never raises for size."""
+    (To, Cc, Bcc, envelope, subject, extra values) are cut, largest first, just enough to fit, each at
+    an address boundary, with ``extra["mailaudit_truncated"]`` = {field: original length}. Never
+    raises for size."""
     import dataclasses
 
     if len(event.encode()) <= limit:
@@ -259,7 +260,9 @@ def fit_event(event: Event, limit: int = MAX_EVENT_BYTES) -> Event:
         name = max(sizes, key=sizes.get)
         if sizes[name] == 0:
             break
-        keep = max(0, sizes[name] - max((size - limit) + 1024, sizes[name] // 2))
+        # Cut the largest field by the overflow (a character is at least one encoded byte, so this
+        # removes at least that many bytes); the loop moves on to the next field if it was too small.
+        keep = max(0, sizes[name] - (size - limit) - 1024)
         originals.setdefault(name, sizes[name])
         if name in ("to", "cc", "bcc"):
             attr = name
