@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from mailaudit.ingest.privacy import redact_text
 from mailaudit.ingest.wire import Event
 
 
@@ -58,16 +59,23 @@ def resolve_identity(
     senders: Mapping[str, str],
     default_service: str,
 ) -> Identity:
-    """A service header wins (the sender said so), then the sender map, then the default."""
-    campaign = (header_campaign or "").strip() or None
-    template = (header_template or "").strip() or None
-    svc = (header_service or "").strip()
+    """A service header wins (the sender said so), then the sender map, then the default.
+
+    Header values are the sender's free text and are stored as sent: an address typed into one is
+    masked here (issue 14), since service, campaign and template are not treated as personal data."""
+    campaign = _name((header_campaign or "").strip()) or None
+    template = _name((header_template or "").strip()) or None
+    svc = _name((header_service or "").strip())
     if svc:
         return Identity(svc, campaign, template, "header")
     svc = service_for_sender(mail_from, senders)
     if svc:
         return Identity(svc, campaign, template, "sender")
     return Identity(default_service, campaign, template, "default")
+
+
+def _name(value: str) -> str:
+    return redact_text(value) if "@" in value or "%40" in value.lower() else value
 
 
 def lower_senders(senders: Mapping[str, str]) -> dict[str, str]:

@@ -54,3 +54,12 @@ def test_metric_labels_are_bounded_and_never_an_address():
     auditor, ctx = milter(MilterConfig())
     drive(ctx, "s@shop.example", ["a@x.example"], headers("a@x.example", X_Mailaudit_Service="jane@x.example"), b"x")
     assert "jane" not in auditor.metrics_text()
+
+
+def test_an_address_in_a_service_or_campaign_header_is_masked():
+    auditor, ctx = milter(MilterConfig())
+    drive(ctx, "s@shop.example", ["a@x.example"],
+          headers("a@x.example", X_Mailaudit_Service="jane.canary@x.example", X_Mailaudit_Campaign="for bob.q@y.org"),
+          b"x")
+    e = auditor.publisher.events[-1]
+    assert (e.service, e.campaign) == ("j***@x.example", "for b***@y.org")
