@@ -176,12 +176,25 @@ class DetectConsumer:
         self.consumer.resume(tp)
 
     def _cold(self, key: tuple[str, int], tp: TopicPartition) -> None:
-        # No checkpoint: the state must match the input, so read the partition from its start.
+        """No usable checkpoint. A new group (no committed offset) reads the partition from its start,
+        so the state matches the input. A committed offset without a checkpoint (an upgrade from the
+        file checkpoint, a lost ClickHouse table) starts there with empty state: replaying days of
+        retained traffic would re-send old holds for campaigns operators have since released."""
         self.engine.drop(key)
         self._positions.pop(key, None)
         self._checkpoint_positions.pop(key, None)
-        self.consumer.seek_to_beginning(tp)
-        self.restored[key] = -1
+        try:
+            committed = self.consumer.committed(tp)
+        except Exception:  # noqa: BLE001 - unknown: the safe side for state is the start
+            committed = None
+        if committed is None:
+            self.consumer.seek_to_beginning(tp)
+            self.restored[key] = -1
+        else:
+            log.warning("partition %s/%d: no checkpoint, starting with empty state at committed offset %d",
+                        key[0], key[1], committed)
+            self.consumer.seek(tp, committed)
+            self.restored[key] = -2
 
     def _undelivered(self) -> dict[tuple[str, int], list[dict]]:
         """Outbox records some sink has not delivered yet, by partition (they go into the checkpoint)."""
@@ -234,7 +247,9 @@ class DetectConsumer:
                 key = (cp.topic, cp.partition)
                 self._checkpoint_positions[key] = cp.position
                 self._dirty.discard(key)
-        offsets = {TopicPartition(cp.topic, cp.partition): OffsetAndMetadata(cp.position, "", -1) for cp in saved}
+        # Offsets only for checkpoints every replica can read: a committed offset promises a checkpoint.
+        offsets = {TopicPartition(cp.topic, cp.partition): OffsetAndMetadata(cp.position, "", -1)
+                   for cp in saved} if shared else {}
         if offsets:
             try:
                 self.consumer.commit(offsets)
