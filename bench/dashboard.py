@@ -289,6 +289,10 @@ def apptest_timings(cfg: Config, incident_id: str, runs: int) -> dict[str, float
     path.chmod(0o600)
     old = os.environ.get("MAILAUDIT_CONFIG")
     os.environ["MAILAUDIT_CONFIG"] = str(path)
+    # The app trusts an anonymous session only on a loopback bind (Streamlit's server.address).
+    from streamlit import config as st_config
+
+    st_config.set_option("server.address", "127.0.0.1")
 
     def search(**fields):
         def act(at):
@@ -325,6 +329,7 @@ def apptest_timings(cfg: Config, incident_id: str, runs: int) -> dict[str, float
                     raise RuntimeError(f"{name}: {at.exception[0].message}")
             out[name] = _summary(times)
     finally:
+        st_config.set_option("server.address", None)
         if old is None:
             os.environ.pop("MAILAUDIT_CONFIG", None)
         else:
