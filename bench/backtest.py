@@ -29,7 +29,7 @@ def bench_backtest(duration_s: float = 1800.0, rate: float = 100.0, runs: int = 
             t0 = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "mailaudit", "backtest", path, "--jobs", str(jobs), "--quiet"],
                                  capture_output=True, check=True,
-                                 env={**os.environ, "MAILAUDIT_HASH_KEY": "bench-key"}).stdout
+                                 env={**os.environ, "MAILAUDIT_HASH_KEY": "bench-key-0123456789abcdef012345"}).stdout
             rates.append(n / (time.perf_counter() - t0))
             outputs.add(out)
     finally:

@@ -239,6 +239,9 @@ def replace_fields(base: Any, override: Mapping[str, Any], where: str) -> Any:
     return dataclasses.replace(base, **values)
 
 
+MIN_HASH_KEY_BYTES = 32     # issue 14: any non-empty key used to be accepted
+
+
 @dataclass
 class WebhookConfig:
     url: str | None = None
@@ -281,7 +284,12 @@ class Config:
     def require_hash_key(self) -> bytes:
         if not self.privacy.hash_key:
             raise ConfigError("no hash key: set MAILAUDIT_HASH_KEY (or privacy.hash_key in the config file)")
-        return self.privacy.hash_key.encode("utf-8")
+        key = self.privacy.hash_key.encode("utf-8")
+        if len(key) < MIN_HASH_KEY_BYTES:
+            # A short key makes the pseudonyms guessable: hash a dictionary of addresses and compare.
+            raise ConfigError(f"the hash key is {len(key)} bytes; at least {MIN_HASH_KEY_BYTES} are required "
+                              "(e.g. `openssl rand -hex 32`)")
+        return key
 
     def redacted(self) -> dict[str, Any]:
         """The effective config as a dict with every secret replaced, for ``config show`` and logs."""

@@ -117,7 +117,7 @@ def test_backtest_exposure_out_writes_hashed_rows_and_needs_the_key(tmp_path):
     cmd = [sys.executable, "-m", "mailaudit", "backtest", str(f), "--exposure-out", str(rows_path)]
     r = subprocess.run(cmd, capture_output=True, timeout=60, env=env)
     assert r.returncode == 2 and "hash key" in r.stderr.decode() and r.stderr.decode().count("\n") == 1
-    key = "exposure-test-key-0123456789"
+    key = "exposure-test-key-0123456789abcd"
     r = subprocess.run(cmd, capture_output=True, timeout=60, env=dict(env, MAILAUDIT_HASH_KEY=key))
     assert r.returncode == 0, r.stderr.decode()
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()]

@@ -33,7 +33,7 @@ def backend(request):
         db = Database(cfg.clickhouse)
     else:
         cfg = Config()
-        cfg.privacy.hash_key = "chdb-test-key-0123456789"
+        cfg.privacy.hash_key = "chdb-test-key-0123456789abcdefgh"
         db = chdb_database(f"dash_{uuid.uuid4().hex[:8]}")
     migrate(db)
     assert aggregates.exists(db)               # schema migration 3
@@ -223,7 +223,7 @@ def _drop_aggregate(db):
 def test_known_services_without_the_aggregate():
     """Before the aggregate exists (an older schema), the filter choices come from ``events``."""
     cfg = Config()
-    cfg.privacy.hash_key = "chdb-test-key-0123456789"
+    cfg.privacy.hash_key = "chdb-test-key-0123456789abcdefgh"
     db = chdb_database(f"dash_{uuid.uuid4().hex[:8]}")
     migrate(db)
     _drop_aggregate(db)                        # as on a schema from before migration 3

@@ -34,7 +34,7 @@ def _backend(request):
         cfg = request.getfixturevalue("make_cfg")()
         return cfg, Database(cfg.clickhouse)
     cfg = Config()
-    cfg.privacy.hash_key = "chdb-test-key-0123456789"
+    cfg.privacy.hash_key = "chdb-test-key-0123456789abcdefgh"
     return cfg, chdb_database(f"idx_{uuid.uuid4().hex[:8]}")
 
 
@@ -119,7 +119,7 @@ def test_rows_hashed_under_an_old_key_are_found_during_a_rotation(backend):
     old_key = cfg.privacy.hash_key
     _insert(db, cfg, events[:3])                                 # under the old key
     cfg.privacy.old_hash_keys = f"{cfg.privacy.hash_key_id}:{old_key}"
-    _insert(db, cfg, events[3:6], hash_key="the-new-key-0123456789abcdef", key_id="k2")
+    _insert(db, cfg, events[3:6], hash_key="the-new-key-0123456789abcdefghij", key_id="k2")
     hashes = lookup.address_hashes(cfg.privacy, WHO)
     assert len(hashes) == 2
     f = queries.SearchFilters(NOW_MS // 1000 - 7 * 86400, NOW_MS // 1000 + 60, address_hashes=hashes)

@@ -127,3 +127,14 @@ def test_search_queries_carrying_hashes_are_not_query_logged():
                                               "sent_ms": [1000], "service": ["s"]}), f.address_hashes)
         searches = [s for s in db.sql if "%(h_" in s or "h_tuple" in s or "address_hash" in s]
         assert searches and all("log_queries = 0" in s for s in searches), db.sql
+
+
+def test_short_hash_keys_are_refused():
+    from mailaudit.config import Config, ConfigError as CE
+    cfg = Config()
+    for short in ("k", "secret", "x" * 31):
+        cfg.privacy.hash_key = short
+        with pytest.raises(CE, match="at least 32"):
+            cfg.require_hash_key()
+    cfg.privacy.hash_key = "a" * 32
+    assert cfg.require_hash_key() == b"a" * 32
