@@ -51,6 +51,7 @@ def run(args, cfg) -> int:
     cfg.kafka.bootstrap = info.kafka_bootstrap
     cfg.clickhouse.url = info.clickhouse_url
     cfg.privacy.hash_key = stack.hash_key()
+    operator_password = _operator_password(cfg) if not args.no_dashboard else None
     cfg_path = state / "run.toml"
     cfg_path.write_text(tomlw.dumps(dataclasses.asdict(cfg)))
     cfg_path.chmod(0o600)                      # it holds the hash key
@@ -86,6 +87,8 @@ def run(args, cfg) -> int:
     if not args.no_dashboard:
         start("dashboard", verb("dashboard"))
         print(f"dashboard   http://{cfg.dashboard.host}:{cfg.dashboard.port}")
+        if operator_password:
+            print(f"            operator password for this run: {operator_password}   (acknowledge, hold, release)")
     print(f"logs        {logs}/   (Ctrl-C stops everything; `mailaudit stack down` stops the servers)")
     print("incidents appear below as they open and update", flush=True)
 
@@ -120,6 +123,23 @@ def run(args, cfg) -> int:
             print(line)
         print("stopped consume/detect/simulate/dashboard (servers keep running: `mailaudit stack down`)", flush=True)
     return rc
+
+
+def _operator_password(cfg) -> str | None:
+    """A one-run operator password when none is configured.
+
+    An anonymous dashboard session is only a reader (docs/security.md), so without this the person
+    who started the main job could watch the leak but not hold it from the page. The password is
+    printed once on this terminal; only its pbkdf2 hash reaches run.toml (0600) and the dashboard.
+    """
+    if cfg.dashboard.operator_password_hash or cfg.dashboard.reader_password_hash:
+        return None
+    import secrets
+
+    from mailaudit.dashboard.auth import hash_password
+    password = secrets.token_urlsafe(12)
+    cfg.dashboard.operator_password_hash = hash_password(password)
+    return password
 
 
 def _command_prefix(cfg) -> str:
