@@ -33,7 +33,7 @@ from mailaudit.detect.alerts import DISCLOSURE, SPIKE, Alert
 from mailaudit.detect.exposure import AddressBook, AddrInfo, ExposureRow, exposed_in_copy, exposure_rows, \
     fingerprint_ids
 from mailaudit.detect.incidents import Incident, IncidentTracker
-from mailaudit.detect.novelty import RecipientNovelty
+from mailaudit.detect.novelty import KindNovelty, message_kind
 from mailaudit.detect.org import OrgModel, is_consumer, org_domain
 from mailaudit.detect.slips import SlipTracker
 from mailaudit.detect.signals import (
@@ -164,8 +164,8 @@ class _Service:
                 self.volume = _Series("", spike_factory())
             if self.recip is None:
                 self.recip = spike_factory()
-            if getattr(self, "novelty", None) is None:     # (checkpoints from before it existed)
-                self.novelty = RecipientNovelty()
+            if not isinstance(getattr(self, "novelty", None), KindNovelty):   # (older checkpoints)
+                self.novelty = KindNovelty()
 
 
 class DetectionEngine:
@@ -599,7 +599,7 @@ class DetectionEngine:
     def _novelty(self, svc: _Service, e: Event, n: int, out: list[Alert]) -> None:
         """An order-of-magnitude jump in recipients per message against the service's whole history
         (detect/novelty.py): decided on the message itself, no warm-up, no waiting for its bucket."""
-        nov = svc.novelty.update(e.sent_at_ms / 1000.0, n)
+        nov = svc.novelty.update(e.sent_at_ms / 1000.0, n, message_kind(e.template, e.campaign))
         rules = svc.spikes
         if not nov.novel or n < rules.min_recipients:
             return
@@ -608,7 +608,7 @@ class DetectionEngine:
         meta = _Meta(e.event_id, e.sent_at_ms, svc.name, e.campaign, e.template, "")
         self._fire_spike(svc, "recipient_spike", "", meta, 1, ev,
                          f"{svc.name}: one message went to {n} envelope recipients, over "
-                         f"{int(nov.ratio)}x the largest this service usually sends ({nov.reference:g}).", out)
+                         f"{int(nov.ratio)}x the largest this kind of message usually has ({nov.reference:g}).", out)
 
     def _early_volume(self, svc: _Service, start: int, e: Event, out: list[Alert]) -> None:
         """An early verdict on the service's bucket while it fills: its count so far is a lower bound

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["RecipientNovelty", "NoveltyResult"]
+__all__ = ["RecipientNovelty", "KindNovelty", "NoveltyResult", "message_kind"]
 
 STATE_FORMAT = "mailaudit.detect.novelty/1"
 _BINS_PER_DECADE = 8
@@ -113,3 +113,58 @@ class RecipientNovelty:
 
     def state_size(self) -> int:
         return 2 * len(self.count) + 1
+
+
+_CAMPAIGN_KIND = "\x00campaign"     # template-less campaign mail: one kind (campaign ids are one-off)
+
+
+def message_kind(template: str | None, campaign: str | None) -> str:
+    """The kind of message a recipient count is judged against.
+
+    A template is one kind of message, and its recipient count is a property of the kind: receipts
+    go to one customer, a timetable to a Bcc batch of forty. So a receipt template suddenly mailed to
+    300 envelope recipients is novel (a bug passing the whole list as RCPT TO), while a *new* kind
+    — a first Bcc batch, an all-hands, a campaign in 50-recipient submissions — has no history of its
+    own and is not judged on its size: what it shows is the disclosure rules' business, and a
+    Bcc-only envelope exposes nobody. Template-less campaign mail is one kind (campaign ids change
+    with every send); template-less, campaign-less mail is another.
+    """
+    if template:
+        return template
+    return _CAMPAIGN_KIND if campaign else ""
+
+
+class KindNovelty:
+    """Recipient novelty per message kind of one service (:func:`message_kind`); at most
+    ``max_kinds`` kinds, least recently seen dropped first (bounded memory)."""
+
+    def __init__(self, max_kinds: int = 256, factor: float = 10.0, min_history: int = 5):
+        self.max_kinds = int(max_kinds)
+        self.factor = float(factor)
+        self.min_history = int(min_history)
+        self.kinds: dict[str, RecipientNovelty] = {}
+
+    def update(self, ts: Any, value: float, kind: str = "") -> NoveltyResult:
+        nov = self.kinds.pop(kind, None)
+        if nov is None:
+            nov = RecipientNovelty(self.factor, self.min_history)
+            if len(self.kinds) >= self.max_kinds:
+                del self.kinds[next(iter(self.kinds))]
+        self.kinds[kind] = nov                   # re-inserted: dict order = least recently seen first
+        return nov.update(ts, value)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"format": KIND_STATE_FORMAT, "max_kinds": self.max_kinds, "factor": self.factor,
+                "min_history": self.min_history, "kinds": [[k, v.to_state()] for k, v in self.kinds.items()]}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> "KindNovelty":
+        if d.get("format") != KIND_STATE_FORMAT:
+            raise ValueError(f"not a per-kind recipient-novelty state (format {d.get('format')!r})")
+        obj = cls(d["max_kinds"], d["factor"], d["min_history"])
+        for k, s in d["kinds"]:
+            obj.kinds[str(k)] = RecipientNovelty.from_state(s)
+        return obj
+
+
+KIND_STATE_FORMAT = "mailaudit.detect.novelty.kinds/1"

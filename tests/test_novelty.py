@@ -96,3 +96,36 @@ def test_engine_stays_silent_on_growth_small_jumps_and_new_services():
     for k in range(3):
         out += eng.process(ev("undisclosed-recipients:;", users(300), t=t + k, service="fresh"))
     assert [a for a in out if a.category == "spike"] == []
+
+
+# --- per kind of message (template; template-less campaign mail; the rest) -------------------------
+
+def test_a_new_kind_of_message_is_not_judged_on_its_size_but_a_known_template_is():
+    """Receipts (one recipient each) then: a first Bcc timetable of 40, a first template-less campaign in
+    50-recipient submissions — new kinds, silent; then the receipt template itself mailed to 300
+    envelope recipients — the bug the check exists for."""
+    eng = DetectionEngine(DetectConfig())
+    out = []
+    for k in range(40):
+        u = users(1, k)[0]
+        out += eng.process(ev(f"<{u}>", [u], t=k * 20_000, service="studio", template="receipt"))
+    t = 40 * 20_000
+    out += eng.process(ev("hello@yoga.example", users(40), t=t, service="studio", template="timetable"))
+    for j in range(3):
+        out += eng.process(ev("undisclosed-recipients:;", users(50, 100 * j), t=t + 1000 + j, service="studio",
+                              campaign="agm-2026"))
+    assert [a for a in out if a.category == "spike"] == []
+    bug = ev("undisclosed-recipients:;", users(300), t=t + 5000, service="studio", template="receipt")
+    alerts = eng.process(bug)
+    assert [(a.kind, a.trigger_event_id) for a in alerts] == [("recipient_spike", bug.event_id)]
+
+
+def test_kind_novelty_state_is_json_and_bounded():
+    from mailaudit.detect.novelty import KindNovelty, message_kind
+    kn = KindNovelty(max_kinds=3)
+    for i, kind in enumerate(["a", "b", "c", "a", "d"]):
+        kn.update(i, 1, kind)
+    assert list(kn.kinds) == ["c", "a", "d"]             # "b" least recently seen, dropped
+    back = KindNovelty.from_state(json.loads(json.dumps(kn.to_state())))
+    assert back.to_state() == kn.to_state()
+    assert message_kind("receipt", "c1") == "receipt" and message_kind(None, "c1") != message_kind(None, None)
