@@ -22,6 +22,7 @@ incidents while others are busy.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from mailaudit.detect.outbox import Outbox
 from mailaudit.detect.partitions import PartitionedEngine
 from mailaudit.detect.sinks import ClickHouseSink, KafkaSink, SinkWorker, WebhookSink
 from mailaudit.ingest.clickhouse import Database
+from mailaudit.ingest.consumer import GC_THRESHOLDS
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
 from mailaudit.ingest.metrics import DetectMetrics, update_lag
 from mailaudit.ingest.parsed import parse_event
@@ -270,6 +272,12 @@ class DetectConsumer:
                 w.start()
 
     def run(self, max_seconds: float | None = None) -> DetectStats:
+        # The engine keeps a large, long-lived object graph (per-service state, pending copies,
+        # incidents): at CPython's default gen-0 threshold (700) the cyclic collector runs every few
+        # events and its older generations re-scan all of it, which shows up as latency spikes on the
+        # poll loop. The same thresholds as the ingest consumer (ingest/consumer.py); process-wide,
+        # since `mailaudit detect` owns its process.
+        gc.set_threshold(*GC_THRESHOLDS)
         self.consumer.subscribe([self.cfg.kafka.topic_events], listener=_Listener(self))
         self.start_sinks()
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
