@@ -483,6 +483,38 @@ class SpikeDetector:
         self._learn(t, x, learn)
         return res
 
+    def learn_zeros(self, times: Any) -> None:
+        """Learn a value of 0 at each of ``times`` (epoch seconds, in order): the state afterwards is
+        exactly what ``update(t, 0)`` for each ``t`` leaves (tested, including ``to_state()``), but no
+        result is built for anyone. The engine feeds a lull's empty buckets this way; they are most of
+        a sparse service's updates and their results were never read.
+
+        What is skipped is only what the results need: the alert threshold and the result object;
+        before warm-up also the evidence (it then cannot raise the episode peak, the only state it
+        touches). Everything the state depends on runs the same code in the same order, so the floats
+        are the same bits. There is no closed form for a run: the tails' sorted histories, the
+        excursion bookkeeping, the daily profile's flushes and the decaying peak all move on each zero.
+        """
+        evaluate, learn = self._evaluate, self._learn
+        decay = self._decay
+        warmup = self._warmup
+        lag = self._lag
+        lag_n = self._lag_n
+        for t in times:
+            t = float(t)
+            if self.n >= warmup:
+                learn(t, 0.0, evaluate(t, 0.0, result=False)[1])
+                continue
+            # before warm-up: what _evaluate hands to _learn, without the evidence (score 0, peak decays)
+            s = self._vals.srt
+            d = 0.0 - self._lag_sum / lag_n if len(lag) == lag_n else None
+            daily = self._daily
+            ld = None
+            if daily is not None:
+                best, _, b = daily.residual(t, 0.0)
+                ld = (b, best)
+            learn(t, 0.0, (d, self._peak * decay, ld, s[len(s) >> 1] if s else None))
+
     def learn_one(self, x: Any, ts: Any = None) -> "SpikeDetector":
         """River style: learn ``x`` (a number or ``{"value": v, "ts": t}``) without returning a score."""
         t, v = self._unpack(x, ts)
@@ -591,7 +623,7 @@ class SpikeDetector:
             return 0.0                   # what was seen there was ordinary (the daily profile's business)
         return 1.0 if x - baseline <= self._sched_ratio * (seen - baseline) else 0.0
 
-    def _evaluate(self, t: float, x: float, peek: bool = False):
+    def _evaluate(self, t: float, x: float, peek: bool = False, result: bool = True):
         vals = self._vals
         s = vals.srt
         n = len(s)
@@ -669,6 +701,8 @@ class SpikeDetector:
                 alert = strength >= self._alert and (self._excess <= 0.0 or self._beyond(x))
             if strength > new_peak:
                 new_peak = strength
+        if not result:
+            return None, (d, new_peak, learn_daily, baseline)
         if not warm:
             direction = source = None
         threshold = None
