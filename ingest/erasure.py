@@ -28,6 +28,11 @@ mutation commands kept in ``system.mutations`` (and a modern server's ``system.q
 nothing but the work table's name. Only constructs proven inside mutations on 18.16 are used: a
 nested subquery there fails in the background and, with no ``KILL MUTATION`` on 18.16, would block the
 table's mutations for good.
+
+On a cluster (``cluster``: ``clickhouse.cluster``) the mutations go to ``T_local ON CLUSTER`` (see
+``ingest/mutations.py``) and every replica evaluates them itself, so the work table is a
+``ReplicatedMergeTree`` on every node under one cluster-wide ZooKeeper path, and the mutations start
+only once every node holds its rows. Counts and the final scan read through the Distributed tables.
 """
 
 from __future__ import annotations
@@ -37,12 +42,12 @@ import getpass
 import json
 import re
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from mailaudit.ingest.clickhouse import Database, ident
 from mailaudit.ingest.keys import KeyRing
+from mailaudit.ingest.mutations import mutation_target, wait_mutations, wait_replicated
 from mailaudit.ingest.privacy import mask_address, normalise_address, redact_text
 
 ERASED = "[erased]"
@@ -145,9 +150,11 @@ class _Work:
     """The run's work table: (hash, salt, pattern). On disk (TinyLog), so a server restart in the
     middle of a mutation cannot turn the scalar subqueries into empty values."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, cluster: str | None = None):
         self.db = db
+        self.cluster = cluster
         self.name = f"forget_work_{secrets.token_hex(6)}"
+        self.on = f" ON CLUSTER {ident(cluster)}" if cluster else ""
 
     @property
     def ref(self) -> str:
@@ -155,11 +162,20 @@ class _Work:
 
     def create(self, hashes: list[str], pattern: str) -> None:
         salt = secrets.token_hex(16)
-        self.db.execute(f"CREATE TABLE {{db}}.{self.name} (hash String, salt String, pattern String) ENGINE = TinyLog")
+        if self.cluster:
+            # One ZooKeeper path for the whole cluster (no {shard}): every node is a replica of it.
+            engine = (f"ReplicatedMergeTree('/clickhouse/tables/{{db}}/{self.name}', '{{shard}}-{{replica}}') "
+                      "ORDER BY tuple()")
+        else:
+            engine = "TinyLog"
+        self.db.execute(f"CREATE TABLE {{db}}.{self.name}{self.on} (hash String, salt String, pattern String) "
+                        f"ENGINE = {engine}")
         self.db.insert(self.name, {"hash": hashes, "salt": [salt] * len(hashes), "pattern": [pattern] * len(hashes)})
+        if self.cluster:
+            wait_replicated(self.db, self.name, self.cluster)
 
     def drop(self) -> None:
-        self.db.execute(f"DROP TABLE IF EXISTS {{db}}.{self.name}")
+        self.db.execute(f"DROP TABLE IF EXISTS {{db}}.{self.name}{self.on}")
 
     # Scalar subqueries (one level only: see the module docstring).
     @property
@@ -211,23 +227,17 @@ def _assignments(spec: TableSpec, w: _Work, cols: set[str], erase_domains: bool)
     return sets
 
 
-def wait_for_mutations(db: Database, table: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = db.execute("SELECT count() FROM system.mutations WHERE database = %(d)s AND table = %(t)s "
-                          "AND is_done = 0", {"d": db.name, "t": table})[0][0]
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{table}: mutation still running after {timeout_s:.0f}s; see system.mutations")
-        time.sleep(0.1)
+def wait_for_mutations(db: Database, table: str, timeout_s: float, cluster: str | None = None) -> None:
+    wait_mutations(db, table, cluster, timeout_s)
 
 
 def forget(db: Database, ring: KeyRing, addresses: list[str], *, actor: str | None = None, reason: str = "",
            mode: str = "anonymise", erase_domains: bool = False, verify: bool = True, dry_run: bool = False,
-           timeout_s: float = 600.0, progress: Callable[[str], None] | None = None) -> ErasureResult:
+           timeout_s: float = 600.0, progress: Callable[[str], None] | None = None,
+           cluster: str | None = None) -> ErasureResult:
     """Erase every trace of ``addresses`` (hashed with every key of ``ring``); see the module doc.
-    ``progress(table)`` is called as each table is started (the CLI's progress bar)."""
+    ``progress(table)`` is called as each table is started (the CLI's progress bar). ``cluster``: the
+    ClickHouse cluster whose ``T_local`` tables take the mutations (None: a single node)."""
     if mode not in ("anonymise", "delete"):
         raise ValueError("mode must be 'anonymise' or 'delete'")
     addrs = sorted({normalise_address(a) for a in addresses if normalise_address(a)})
@@ -237,7 +247,7 @@ def forget(db: Database, ring: KeyRing, addresses: list[str], *, actor: str | No
     pattern = text_pattern([n for a in addrs for n in needles_for(a)])
     result = ErasureResult(len(addrs), ring.ids, mode)
     present = {r[0] for r in db.execute("SELECT name FROM system.tables WHERE database = %(d)s", {"d": db.name})}
-    work = _Work(db)
+    work = _Work(db, cluster)
     work.create(hashes, pattern)
     keep_work = False
     try:
@@ -264,23 +274,23 @@ def forget(db: Database, ring: KeyRing, addresses: list[str], *, actor: str | No
             if (mode == "delete" or spec.hash_in_key) and spec.deletable and hash_cond:
                 hw = " OR ".join(hash_cond)
                 if db.capabilities.lightweight_delete:
-                    db.execute(f"DELETE FROM {{db}}.{t} WHERE {hw}")
+                    db.execute(f"DELETE FROM {mutation_target(t, cluster)} WHERE {hw}")
                 else:
-                    db.execute(f"ALTER TABLE {{db}}.{t} DELETE WHERE {hw}")
-                wait_for_mutations(db, spec.table, timeout_s)
+                    db.execute(f"ALTER TABLE {mutation_target(t, cluster)} DELETE WHERE {hw}")
+                wait_for_mutations(db, spec.table, timeout_s, cluster)
                 if not text_cond:
                     continue
                 where = " OR ".join(text_cond)
                 sets = [s for s in sets if s.split(" = ", 1)[0] in spec.text]
-            db.execute(f"ALTER TABLE {{db}}.{t} UPDATE {', '.join(sets)} WHERE {where}")
+            db.execute(f"ALTER TABLE {mutation_target(t, cluster)} UPDATE {', '.join(sets)} WHERE {where}")
             try:
-                wait_for_mutations(db, spec.table, timeout_s)
+                wait_for_mutations(db, spec.table, timeout_s, cluster)
             except TimeoutError:
                 keep_work = True     # the running mutation still reads it
                 raise
         if verify and not dry_run:
             # The hashes and the addresses themselves: both are unique to the person (a mask is not).
-            result.traces = find_traces(db, hashes, addrs, masks=False)
+            result.traces = find_traces(db, hashes, addrs, masks=False, cluster=cluster)
             result.verified = not result.traces
     finally:
         if not keep_work:
@@ -311,16 +321,18 @@ def _scan_expr(col: str, typ: str, needles: str, pattern: str | None) -> str | N
 
 
 def find_traces(db: Database, hashes: list[str], addresses: list[str] = (), masks: bool = True,
-                skip_tables: tuple[str, ...] = ()) -> dict[str, int]:
+                skip_tables: tuple[str, ...] = (), cluster: str | None = None) -> dict[str, int]:
     """``"table.column" -> rows`` holding a trace, over every string column of every table of the
     database (read from ``system.columns``, so a table added later is scanned too). A trace is any
     of ``hashes`` as a substring, or any of ``addresses`` or their masked forms as a whole address
     (case-insensitive; ``john@x.com`` inside ``john@x.com.au`` is someone else). A masked form is
     not unique to a person (``masks=False`` leaves it out: ``forget``'s own check, since another
     ``j***@gmail.com`` may rightly remain). The values are read from a work table, never written
-    into the SQL."""
+    into the SQL. With ``cluster`` the work table is on every node and a ``T_local`` that has a
+    Distributed ``T`` is read through ``T`` (every shard); without it every table of this node is
+    read, Distributed or not (a replica's own local tables: the cluster tests)."""
     pattern = text_pattern([n for a in addresses for n in needles_for(a, masks)]) if addresses else ""
-    work = _Work(db)
+    work = _Work(db, cluster)
     work.create(list(hashes) or [""], pattern)
     try:
         arr = f"(SELECT groupArray(hash) FROM {work.ref} WHERE hash != '')"
@@ -331,6 +343,11 @@ def find_traces(db: Database, hashes: list[str], addresses: list[str] = (), mask
         for table, col, typ in rows:
             if table.startswith("forget_work_") or table in skip_tables or "View" in engines.get(table, "View"):
                 continue
+            distributed = engines.get(table) == "Distributed"
+            if cluster and table.endswith("_local") and engines.get(table[:-len("_local")]) == "Distributed":
+                continue                    # read through its Distributed table
+            if not cluster and distributed:
+                continue                    # a single node's view: its own tables only
             expr = _scan_expr(ident(col), typ, arr, work.P if pattern else None)
             if expr is None:
                 continue

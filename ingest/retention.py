@@ -16,17 +16,22 @@ A row expires when ``time < now - days`` (the same rule as ``TTL time + INTERVAL
 table whose ``days`` is 0 is kept forever. Tables are named here, not discovered, so a new table
 gets a retention rule by a deliberate edit; ``audit_log`` is kept forever on purpose (it is the
 record of who erased and who acknowledged what, and holds no address).
+
+On a cluster (``cluster``: ``clickhouse.cluster``) the partitions are read from every shard's
+``T_local`` (``cluster(NAME, system, parts)``), dropped and trimmed with ``ALTER TABLE T_local ON
+CLUSTER`` (``ingest/mutations.py``), and rows are counted through the Distributed ``T``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from mailaudit.config import RetentionConfig
 from mailaudit.ingest.clickhouse import Database, ident
+from mailaudit.ingest.mutations import mutation_target, storage_table
+from mailaudit.ingest.mutations import wait_mutations as _wait_mutations
 
 _UTC = dt.timezone.utc
 
@@ -89,11 +94,13 @@ def _tables(db: Database) -> set[str]:
     return {r[0] for r in db.execute("SELECT name FROM system.tables WHERE database = %(d)s", {"d": db.name})}
 
 
-def _partitions(db: Database, table: str) -> dict[str, int]:
+def _partitions(db: Database, table: str, cluster: str | None = None) -> dict[str, int]:
+    """partition id -> rows; on a cluster over every shard (one replica each)."""
+    source = "cluster(%(c)s, system, parts)" if cluster else "system.parts"
     rows = db.execute(
-        "SELECT partition_id, sum(rows) FROM system.parts WHERE database = %(d)s AND table = %(t)s AND active "
+        f"SELECT partition_id, sum(rows) FROM {source} WHERE database = %(d)s AND table = %(t)s AND active "
         "GROUP BY partition_id",
-        {"d": db.name, "t": table})
+        {"d": db.name, "t": storage_table(table, cluster), "c": cluster})
     return {r[0]: int(r[1]) for r in rows}
 
 
@@ -102,18 +109,9 @@ def has_ttl(db: Database, table: str) -> bool:
     return "TTL " in sql or "\nTTL" in sql
 
 
-def wait_mutations(db: Database, table: str, timeout_s: float = 300.0) -> None:
+def wait_mutations(db: Database, table: str, timeout_s: float = 300.0, cluster: str | None = None) -> None:
     """Block until the table's mutations are done (18.16 has no ``mutations_sync``)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = db.execute("SELECT count() FROM system.mutations WHERE database = %(d)s AND table = %(t)s "
-                          "AND is_done = 0", {"d": db.name, "t": table})[0][0]
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{table}: {left} mutation(s) still running after {timeout_s:.0f}s "
-                               f"(see system.mutations; KILL MUTATION to cancel)")
-        time.sleep(0.1)
+    _wait_mutations(db, table, cluster, timeout_s)
 
 
 def _naive(value: dt.datetime) -> dt.datetime:
@@ -123,9 +121,10 @@ def _naive(value: dt.datetime) -> dt.datetime:
 
 def run_retention(db: Database, retention: RetentionConfig, now: dt.datetime | None = None,
                   dry_run: bool = False, force: bool = False, tables: tuple[str, ...] | None = None,
-                  progress: Callable[[str], None] | None = None) -> list[TableResult]:
+                  progress: Callable[[str], None] | None = None, cluster: str | None = None) -> list[TableResult]:
     """Apply retention to every known table present; ``force`` also acts on tables that have a TTL.
-    ``progress(table)`` is called as each table is started (the CLI's progress bar)."""
+    ``progress(table)`` is called as each table is started (the CLI's progress bar). ``cluster``: the
+    ClickHouse cluster whose ``T_local`` tables hold the partitions (None: a single node)."""
     now = now or dt.datetime.now(_UTC)
     present = _tables(db)
     results = []
@@ -142,11 +141,11 @@ def run_retention(db: Database, retention: RetentionConfig, now: dt.datetime | N
             continue
         cutoff = cutoff_for(days, now)
         res = TableResult(rule.table, cutoff)
-        if db.capabilities.ttl and not force and has_ttl(db, rule.table):
+        if db.capabilities.ttl and not force and has_ttl(db, storage_table(rule.table, cluster)):
             res.skipped = "TTL on the table does it (use --force to act anyway)"
             results.append(res)
             continue
-        parts = _partitions(db, rule.table)
+        parts = _partitions(db, rule.table, cluster)
         straddling = []
         for pid, rows in sorted(parts.items()):
             end = partition_end(pid, rule.granularity)
@@ -158,7 +157,8 @@ def run_retention(db: Database, retention: RetentionConfig, now: dt.datetime | N
                 if not dry_run:
                     # The id is a date read back from system.parts and checked by partition_end;
                     # still, it goes through parameter substitution like every value.
-                    db.execute(f"ALTER TABLE {{db}}.{ident(rule.table)} DROP PARTITION ID %(p)s", {"p": pid})
+                    db.execute(f"ALTER TABLE {mutation_target(rule.table, cluster)} DROP PARTITION ID %(p)s",
+                               {"p": pid})
             elif end - _span(rule.granularity, pid) < cutoff:
                 straddling.append(pid)
         if rule.partial_delete and straddling:
@@ -169,8 +169,8 @@ def run_retention(db: Database, retention: RetentionConfig, now: dt.datetime | N
             n = db.execute(f"SELECT count() FROM {{db}}.{ident(rule.table)} WHERE {where}", params)[0][0]
             res.deleted_rows = int(n)
             if n and not dry_run:
-                db.execute(f"ALTER TABLE {{db}}.{ident(rule.table)} DELETE WHERE {where}", params)
-                wait_mutations(db, rule.table)
+                db.execute(f"ALTER TABLE {mutation_target(rule.table, cluster)} DELETE WHERE {where}", params)
+                wait_mutations(db, rule.table, cluster=cluster)
         results.append(res)
     return results
 

@@ -106,6 +106,9 @@ class ClickHouseConfig:
     password: str | None = field(default=None, metadata={"secret": True})
     certfile: str | None = None           # client certificate (mutual TLS), with keyfile
     keyfile: str | None = None
+    # The ClickHouse cluster (remote_servers) the schema was made on by `migrate --cluster NAME`: the plain
+    # tables are Distributed, so forget / retention run send their mutations to T_local ON CLUSTER.
+    cluster: str | None = None
 
     def parts(self) -> dict[str, Any]:
         """Split the URL into clickhouse-driver ``Client`` arguments."""
@@ -317,6 +320,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MAILAUDIT_CLICKHOUSE_PASSWORD": ("clickhouse", "password"),
     "MAILAUDIT_CLICKHOUSE_CERTFILE": ("clickhouse", "certfile"),
     "MAILAUDIT_CLICKHOUSE_KEYFILE": ("clickhouse", "keyfile"),
+    "MAILAUDIT_CLICKHOUSE_CLUSTER": ("clickhouse", "cluster"),
     "MAILAUDIT_WEBHOOK_URL": ("webhook", "url"),
     "MAILAUDIT_WEBHOOK_SECRET": ("webhook", "secret"),
     "MAILAUDIT_CONTAINMENT": ("detect", "containment"),

@@ -23,6 +23,19 @@ from mailaudit.ingest.simulator import Simulator
 from mailaudit.ingest.topics import create_topics
 
 
+@pytest.fixture(scope="module")
+def zk_cluster(tmp_path_factory):
+    """ZooKeeper + two 18.16 replicas of one shard, shared by this module's server tests (each its own
+    database)."""
+    why = zookeeper_available()
+    assert why is None, why                     # scripts/setup.sh installs it: a missing one is a failure
+    cluster = ZkCluster(tmp_path_factory.mktemp("cluster")).up()
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
 def test_cluster_ddl_is_derived_from_the_single_node_schema():
     stmts = cluster_ddl(Capabilities((18, 16, 1)), "prod")
     assert all("ON CLUSTER prod" in s for s in stmts if not s.lstrip().startswith("INSERT"))
@@ -57,11 +70,9 @@ def test_modern_cluster_ddl_parses_on_chdb():
 
 
 @pytest.mark.servers
-def test_replica_down_during_ingest_converges_nothing_lost_or_duplicated(make_cfg, tmp_path):
-    why = zookeeper_available()
-    assert why is None, why                     # scripts/setup.sh installs it: a missing one is a failure
-    cluster = ZkCluster(tmp_path / "cluster").up()
-    try:
+def test_replica_down_during_ingest_converges_nothing_lost_or_duplicated(make_cfg, zk_cluster, tmp_path):
+    cluster = zk_cluster
+    if True:
         cfg = make_cfg()
         database = Database(ClickHouseConfig(url=cfg.clickhouse.url)).name
         cfg.clickhouse.url = cluster.url(0, database)
@@ -116,5 +127,73 @@ def test_replica_down_during_ingest_converges_nothing_lost_or_duplicated(make_cf
         cp = wait_until(lambda: (c := store1.load_shared("t", 2)) is not None and c.position == 30 and c, 30,
                         what="the checkpoint on the other replica")
         assert cp.state == {"format": "x", "n": 30}
-    finally:
-        cluster.down()
+
+
+@pytest.mark.servers
+def test_forget_and_retention_on_the_cluster_reach_every_replica(make_cfg, zk_cluster, tmp_path):
+    """clickhouse.cluster set: `forget` mutates T_local ON CLUSTER (no trace on either replica's own
+    tables), `retention run` drops the expired partitions on both replicas."""
+    import datetime as dt
+    import json
+    import subprocess
+
+    from helpers import make_event
+    from test_erasure import TARGET, _insert_events, _ring, populate
+    from mailaudit.ingest.erasure import find_traces
+
+    cfg = make_cfg()
+    database = Database(ClickHouseConfig(url=cfg.clickhouse.url)).name
+    cfg.clickhouse.url = zk_cluster.url(0, database)
+    cfg.clickhouse.cluster = zk_cluster.cluster
+    ring, privacy = _ring()
+    cfg.privacy = privacy
+    path = write_config(cfg, tmp_path / "mailaudit.toml")
+    assert cli(["migrate", "--skip-kafka"], path).wait(120) == 0          # the cluster comes from the config
+    db = [Database(ClickHouseConfig(url=zk_cluster.url(i, database))) for i in range(2)]
+    assert dict(db[1].execute("SELECT name, engine FROM system.tables WHERE database = %(d)s",
+                              {"d": database}))["events"] == "Distributed"
+
+    populate(db[0], ring, privacy)                  # through the Distributed tables of node 0
+    now_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    _insert_events(db[0], privacy, ring.hashers[0], [make_event(100, sent_at_ms=now_ms - 30 * 86_400_000),
+                                                     make_event(101, sent_at_ms=now_ms - 3_600_000)])
+
+    def local_events(d):
+        return d.execute("SELECT count() FROM {db}.events_local")[0][0]
+
+    for d in db:
+        wait_until(lambda d=d: local_events(d) == 8, 60, what="the events on both replicas")
+    hashes = ring.all_hashes(TARGET)
+    for d in db:                                    # the person is on both replicas before
+        before = find_traces(d, hashes, [TARGET], masks=False)
+        assert {"events_local.to_hashes", "events_local.subject", "exposures_local.exposed_hashes"} <= set(before), before
+        assert not any(k.split(".")[0] in ("events", "exposures", "errors") for k in before)   # local tables only
+
+    p = cli(["forget", "--json", TARGET], path, stdout=subprocess.PIPE)
+    out, _ = p.communicate(timeout=180)
+    assert p.returncode == 0, out
+    res = json.loads(out)
+    assert res["verified"] and res["rows"]["events"] == 5 and res["rows"]["exposures"] == 1, res
+    for d in db:                                    # each replica's own tables, read directly, right away
+        assert find_traces(d, hashes, [TARGET], masks=False) == {}
+        assert local_events(d) == 8                 # anonymised, not deleted: counts stay
+        assert d.execute("SELECT count() FROM {db}.audit_log_local WHERE action = 'forget'")[0][0] == 1
+
+    def partitions(d):
+        return {r[0] for r in d.execute("SELECT DISTINCT partition_id FROM system.parts WHERE database = %(d)s "
+                                        "AND table = 'events_local' AND active", {"d": database})}
+
+    old_day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)).strftime("%Y%m%d")
+    assert all(old_day in partitions(d) for d in db)
+    cfg.retention.events_days = 10
+    write_config(cfg, path)
+    p = cli(["retention", "run", "--table", "events", "--json"], path, stdout=subprocess.PIPE)
+    out, _ = p.communicate(timeout=180)
+    assert p.returncode == 0, out
+    (r,) = json.loads(out)
+    assert old_day in r["dropped_partitions"], r
+    for d in db:
+        left = partitions(d)
+        assert not any(pid <= old_day for pid in left), left           # gone from both replicas
+        assert d.execute("SELECT count() FROM {db}.events_local WHERE sent_at >= now() - 86400")[0][0] == 1
+        assert d.execute("SELECT count() FROM {db}.events_local WHERE sent_at < now() - 10 * 86400")[0][0] == 0

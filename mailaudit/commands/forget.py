@@ -67,7 +67,8 @@ def _run(args, cfg) -> int:
     try:
         res = forget(db, ring, addrs, actor=args.actor, reason=args.reason, mode=args.mode,
                      erase_domains=args.erase_domains, verify=not args.no_verify, dry_run=args.dry_run,
-                     timeout_s=args.timeout, progress=lambda t: (b.set_postfix_str(t), b.update(1)))
+                     timeout_s=args.timeout, progress=lambda t: (b.set_postfix_str(t), b.update(1)),
+                     cluster=cfg.clickhouse.cluster)
     except TimeoutError as e:
         raise UserError(str(e)) from None
     finally:

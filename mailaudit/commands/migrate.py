@@ -14,7 +14,7 @@ def configure(p):
     p.add_argument("--skip-clickhouse", action="store_true", help="only the Kafka topics")
     p.add_argument("--cluster", metavar="NAME", default=None,
                    help="create the schema on the ClickHouse cluster NAME (remote_servers): Replicated local "
-                        "tables + Distributed tables, ON CLUSTER (see docs/operations.md)")
+                        "tables + Distributed tables, ON CLUSTER (default: clickhouse.cluster; see docs/operations.md)")
     p.add_argument("--print-grants", action="store_true",
                    help="print the ClickHouse users/grants and Kafka ACLs per role (changes nothing)")
 
@@ -30,10 +30,11 @@ def run(args, cfg) -> int:
         print(f"kafka: {len(created)} topic(s) created" + (f": {', '.join(created)}" if created else " (all present)"))
     if not args.skip_clickhouse:
         db = Database(cfg.clickhouse)
-        if args.cluster:
+        cluster = args.cluster or cfg.clickhouse.cluster
+        if cluster:
             from mailaudit.ingest.cluster import migrate_cluster
 
-            applied = migrate_cluster(db, args.cluster, cfg.retention)
+            applied = migrate_cluster(db, cluster, cfg.retention)
         else:
             applied = migrate(db, cfg.retention)
         caps = db.capabilities

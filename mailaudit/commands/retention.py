@@ -39,7 +39,8 @@ def _run(args, cfg) -> int:
     try:
         results = run_retention(db, cfg.retention, dry_run=args.dry_run, force=args.force,
                                 tables=tuple(args.table) if args.table else None,
-                                progress=lambda t: (b.set_postfix_str(t), b.update(1)))
+                                progress=lambda t: (b.set_postfix_str(t), b.update(1)),
+                                cluster=cfg.clickhouse.cluster)
         b.close()
         changed = [r for r in results if r.dropped or r.deleted_rows]
         if changed and not args.dry_run:
