@@ -140,6 +140,7 @@ def test_forget_and_retention_on_the_cluster_reach_every_replica(make_cfg, zk_cl
     from helpers import make_event
     from test_erasure import TARGET, _insert_events, _ring, populate
     from mailaudit.ingest.erasure import find_traces
+    from mailaudit.ingest.schema import backfill_address_index
 
     cfg = make_cfg()
     database = Database(ClickHouseConfig(url=cfg.clickhouse.url)).name
@@ -163,8 +164,11 @@ def test_forget_and_retention_on_the_cluster_reach_every_replica(make_cfg, zk_cl
 
     for d in db:
         wait_until(lambda d=d: local_events(d) == 8, 60, what="the events on both replicas")
+    backfill_address_index(db[0])                   # the search index (its rows are deleted by forget)
     hashes = ring.all_hashes(TARGET)
     for d in db:                                    # the person is on both replicas before
+        wait_until(lambda d=d: "events_by_address_local.address_hash" in
+                   find_traces(d, hashes, [TARGET], masks=False), 60, what="the index on both replicas")
         before = find_traces(d, hashes, [TARGET], masks=False)
         assert {"events_local.to_hashes", "events_local.subject", "exposures_local.exposed_hashes"} <= set(before), before
         assert not any(k.split(".")[0] in ("events", "exposures", "errors") for k in before)   # local tables only
@@ -178,6 +182,14 @@ def test_forget_and_retention_on_the_cluster_reach_every_replica(make_cfg, zk_cl
         assert find_traces(d, hashes, [TARGET], masks=False) == {}
         assert local_events(d) == 8                 # anonymised, not deleted: counts stay
         assert d.execute("SELECT count() FROM {db}.audit_log_local WHERE action = 'forget'")[0][0] == 1
+        assert d.execute("SELECT count() FROM {db}.events_by_address_local")[0][0] > 0      # the others stay
+
+    # rotate-key reads through Distributed (rows per key id) and writes only audit_log: unchanged.
+    p = cli(["rotate-key", "status", "--json"], path, stdout=subprocess.PIPE)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out
+    usage = json.loads(out)["rows"]
+    assert usage["k2"]["events"]["rows"] == 7 and usage["k1"]["events"]["rows"] == 1, usage
 
     def partitions(d):
         return {r[0] for r in d.execute("SELECT DISTINCT partition_id FROM system.parts WHERE database = %(d)s "
