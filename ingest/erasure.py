@@ -147,8 +147,9 @@ def text_pattern(needles: list[str]) -> str:
 # --- SQL ---------------------------------------------------------------------------------------------
 
 class _Work:
-    """The run's work table: (hash, salt, pattern). On disk (TinyLog), so a server restart in the
-    middle of a mutation cannot turn the scalar subqueries into empty values."""
+    """The run's work table: (hash, salt, pattern). On disk (TinyLog; on a cluster a ReplicatedMergeTree
+    on every node), so a server restart in the middle of a mutation cannot turn the scalar subqueries
+    into empty values."""
 
     def __init__(self, db: Database, cluster: str | None = None):
         self.db = db
