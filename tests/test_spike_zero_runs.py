@@ -68,6 +68,7 @@ def _run(series, fast: bool, overrides: dict, checkpoints=()):
     (2, 60, {}),                                             # the engine's 1-minute buckets
     (3, 60, {"memory": 400, "memory_days": 0.1, "warmup": 40, "refractory": 20.0}),   # eviction, early warmth
     (4, 300, {"two_sided": False, "schedules": False, "diff_lag": 1}),
+    (5, 60, {"warmup": 3000}),                               # days of lulls before warm-up (profile flushes)
 ])
 def test_learn_zeros_leaves_the_same_state_as_updates(seed, step, overrides):
     series = _sparse_series(seed, step, 12000)
