@@ -98,6 +98,40 @@ def _pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
+class AlertWatcher:
+    """Stamps the wall-clock arrival of each ``open`` alert on the Kafka sink: by trigger event id
+    (``arrivals``) and by (kind, service) (``path_arrivals``); the first arrival wins. Shared by the
+    latency and scale benches so both time the same thing the same way."""
+
+    def __init__(self, kcfg):
+        self.arrivals: dict[str, float] = {}
+        self.path_arrivals: dict[tuple[str, str], float] = {}
+        self._kcfg = kcfg
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "AlertWatcher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        c = make_consumer(self._kcfg, None, fetch_max_wait_ms=20)
+        c.assign([TopicPartition(self._kcfg.topic_alerts, 0)])
+        while not self._stop.is_set():
+            for recs in c.poll(timeout_ms=50).values():
+                t = time.time()
+                for r in recs:
+                    a = json.loads(r.value)
+                    if a["status"] == "open":
+                        self.arrivals.setdefault(a["trigger_event_id"], t)
+                        self.path_arrivals.setdefault((a["kind"], a["service"]), t)
+        c.close()
+
+
 def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: float, paths: bool = True,
               detect_args: tuple[str, ...] = ()) -> dict:
     load_before = [float(x) for x in os.getloadavg()]
@@ -119,25 +153,8 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
 
     det = subprocess.Popen([sys.executable, "-m", "mailaudit", "--config", str(path), "detect", "--log-level", "WARNING", *detect_args],
                            stdout=subprocess.DEVNULL, stderr=open(state / f"detect-{uid}.log", "wb"))
-    arrivals: dict[str, float] = {}
-    path_arrivals: dict[tuple[str, str], float] = {}
-    stop = threading.Event()
-
-    def watch():
-        c = make_consumer(cfg.kafka, None, fetch_max_wait_ms=20)
-        c.assign([TopicPartition(cfg.kafka.topic_alerts, 0)])
-        while not stop.is_set():
-            for recs in c.poll(timeout_ms=50).values():
-                t = time.time()
-                for r in recs:
-                    a = json.loads(r.value)
-                    if a["status"] == "open":
-                        arrivals.setdefault(a["trigger_event_id"], t)
-                        path_arrivals.setdefault((a["kind"], a["service"]), t)
-        c.close()
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    watcher = AlertWatcher(cfg.kafka).start()
+    arrivals, path_arrivals = watcher.arrivals, watcher.path_arrivals
     producer = make_producer(cfg.kafka, linger_ms=2)
     sent: dict[str, float] = {}
     t_start = time.time()
@@ -205,8 +222,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
             time.sleep(0.1)
     finally:
         t_stop = time.time()
-        stop.set()
-        watcher.join(5)
+        watcher.stop()
         producer.close()
         det.terminate()
         try:

@@ -28,19 +28,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
-from kafka import TopicPartition
-
 from mailaudit import tomlw
 from mailaudit.bench.ingest import _bench_cfg, _events, _publish
-from mailaudit.bench.latency import _leak, _pct
+from mailaudit.bench.latency import AlertWatcher, _leak, _pct
 from mailaudit.ingest.clickhouse import Database
-from mailaudit.ingest.kafka_io import make_consumer, make_producer
+from mailaudit.ingest.kafka_io import make_producer
 from mailaudit.ingest.schema import migrate
 from mailaudit.ingest.simulator import Simulator
 from mailaudit.ingest.topics import create_topics
@@ -136,23 +133,8 @@ def alert_latency(info, state: Path, k: int, rate: float, duration_s: float, lea
     cfg = _setup(info, state)
     load = [float(x) for x in os.getloadavg()]
     procs = _start(cfg, state, "detect", k)
-    arrivals: dict[str, float] = {}
-    stop = threading.Event()
-
-    def watch():
-        c = make_consumer(cfg.kafka, None, fetch_max_wait_ms=20)
-        c.assign([TopicPartition(cfg.kafka.topic_alerts, 0)])
-        while not stop.is_set():
-            for recs in c.poll(timeout_ms=50).values():
-                t = time.time()
-                for r in recs:
-                    a = json.loads(r.value)
-                    if a["status"] == "open":
-                        arrivals.setdefault(a["trigger_event_id"], t)
-        c.close()
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    watcher = AlertWatcher(cfg.kafka).start()
+    arrivals = watcher.arrivals
     producer = make_producer(cfg.kafka, linger_ms=2)
     sent: dict[str, float] = {}
     published = 0
@@ -197,8 +179,7 @@ def alert_latency(info, state: Path, k: int, rate: float, duration_s: float, lea
         while time.time() < deadline and not all(x in arrivals for x in sent):
             time.sleep(0.1)
     finally:
-        stop.set()
-        watcher.join(5)
+        watcher.stop()
         producer.close()
         _stop(procs)
     lat = [arrivals[x] - t for x, t in sent.items() if x in arrivals]
