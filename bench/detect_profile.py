@@ -50,7 +50,12 @@ from mailaudit.ingest.kafka_io import make_producer
 from mailaudit.ingest.simulator import Simulator
 bootstrap, topic, rate, duration = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 cfg = Config(); cfg.kafka.bootstrap = bootstrap
-start_ms = int(time.time() * 1000) + 1000
+# Start after the encoding (1.5x the first second's, timed): a start already past makes the pacing
+# below send the overdue seconds at once, a burst well over the offered rate.
+t_cal = time.time()
+for e in Simulator(seed=5, rate=rate, rhythm=False, burst=1.0, start_ms=0).events(min(1.0, duration)):
+    e.encode()
+start_ms = int(time.time() * 1000) + 1000 + int(1500 * (time.time() - t_cal) / min(1.0, duration) * duration)
 planned = [(e.sent_at_ms, e.service.encode(), e.encode())
            for e in Simulator(seed=5, rate=rate, rhythm=False, burst=1.0, start_ms=start_ms).events(duration)]
 p = make_producer(cfg.kafka, linger_ms=2)
