@@ -68,6 +68,9 @@ class Batch:
     def __len__(self) -> int:
         return self.count
 
+    def row_count(self) -> int:
+        return len(self.rows)
+
     def commit_offsets(self) -> dict[tuple[str, int], int]:
         """Offsets to commit after the write: the next offset to read per partition."""
         return {tp: off + 1 for tp, off in self.offsets.items()}

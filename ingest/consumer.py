@@ -21,6 +21,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ from mailaudit.ingest.batch import Batch
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
 from mailaudit.ingest.metrics import IngestMetrics, update_lag
+from mailaudit.ingest.pool import BuildPool, RawBatch
 from mailaudit.ingest.privacy import AddressHasher
 from mailaudit.ingest.writer import BatchWriter
 
@@ -80,18 +82,26 @@ class IngestConsumer:
         self.consumer = consumer or make_consumer(cfg.kafka, cfg.kafka.ingest_group)
         # The DLQ producer must take the largest DLQ copy (dlq_max_bytes) plus headers and framing.
         self.producer = producer or make_producer(cfg.kafka, max_request_size=max(1_048_576, cfg.ingest.dlq_max_bytes + 65_536))
-        self.writer = BatchWriter(cfg, self.db, self.producer)
         self.stop_event = stop_event or threading.Event()
         self.stats = ConsumerStats()
         self._datetime64 = self._server_has_datetime64()
+        # ingest.workers > 0: decode + insert in worker processes (ingest/pool.py); the loop only polls,
+        # orders and commits.
+        self.pool = BuildPool(cfg, self._datetime64, cfg.ingest.workers) if cfg.ingest.workers > 0 else None
+        self.writer = BatchWriter(cfg, self.db, self.producer, self.pool)
         self.batch = self._new_batch()
         self._retrying = False
         self._abandon = False
         # The write in flight: (batch, future, started). One thread, so writes never overlap each other.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write")
-        self._inflight: tuple[Batch, Future, float] | None = None
+        # Writes in flight, oldest first: (batch, future, started). In-process, one at a time (one
+        # writer thread, so writes never overlap); with workers, one per worker, committed in order.
+        self._max_inflight = max(1, cfg.ingest.workers)
+        self._pool = ThreadPoolExecutor(max_workers=self._max_inflight, thread_name_prefix="ingest-write")
+        self._inflight: deque[tuple[Batch | RawBatch, Future, float]] = deque()
 
-    def _new_batch(self) -> Batch:
+    def _new_batch(self) -> Batch | RawBatch:
+        if self.pool is not None:
+            return RawBatch(self.cfg)
         return Batch(self.cfg, self.hasher, datetime64=self._datetime64)
 
     def _server_has_datetime64(self) -> bool:
@@ -134,6 +144,8 @@ class IngestConsumer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self.pool is not None:
+            self.pool.close()
         try:
             self.consumer.close(autocommit=False)
         except Exception:  # noqa: BLE001
@@ -161,7 +173,7 @@ class IngestConsumer:
             self.stats.consumed += len(recs)
             self.metrics.events_in.inc(len(recs))
         self._settle(block=False, retry=True)
-        if self.batch.ready() and self._settle(block=True, retry=True):
+        if self.batch.ready() and self._settle(block=True, retry=True, keep=self._max_inflight - 1):
             self._start_write()
         if time.monotonic() - self._lag_at > 5.0:
             self._lag_at = time.monotonic()
@@ -170,28 +182,30 @@ class IngestConsumer:
     def _start_write(self) -> None:
         """Hand the batch in hand to the writer thread and start a new one."""
         batch, t0 = self.batch, time.monotonic()
-        self._inflight = (batch, self._pool.submit(self._write_and_count, batch, t0), t0)
+        self._inflight.append((batch, self._pool.submit(self._write_and_count, batch, t0), t0))
         self.batch = self._new_batch()
 
-    def _settle(self, block: bool, retry: bool) -> bool:
-        """Finish the write in flight, if any: commit it when it succeeded; when it failed, retry it
-        here (partitions paused, as ``_flush``) or, without ``retry``, abandon it together with the batch
-        in hand. ``block=False`` only looks. False when the batches were abandoned."""
-        if self._inflight is None:
-            return True
-        batch, fut, t0 = self._inflight
-        if not block and not fut.done():
-            return True
-        try:
-            fut.result()
-            error = None
-        except Exception as e:  # noqa: BLE001 - judged by the retry loop below
-            error = e
-        self._inflight = None
-        if error is not None and not self._write_retrying(batch, t0, retry, error):
-            self._abandon_batches([batch, self.batch])
-            return False
-        self._commit(batch)
+    def _settle(self, block: bool, retry: bool, keep: int = 0) -> bool:
+        """Finish writes in flight, oldest first, until at most ``keep`` remain: commit each that
+        succeeded; when one failed, retry it here (partitions paused, as ``_flush``) or, without
+        ``retry``, abandon it together with every later batch. ``block=False`` only takes the writes
+        already done. False when the batches were abandoned."""
+        while self._inflight:
+            batch, fut, t0 = self._inflight[0]
+            if not fut.done() and (not block or len(self._inflight) <= keep):
+                return True
+            try:
+                fut.result()
+                error = None
+            except Exception as e:  # noqa: BLE001 - judged by the retry loop below
+                error = e
+            self._inflight.popleft()
+            if error is not None and not self._write_retrying(batch, t0, retry, error):
+                later = [b for b, _, _ in self._inflight]
+                self._inflight.clear()        # still running ones finish on their own, uncommitted
+                self._abandon_batches([batch, *later, self.batch])
+                return False
+            self._commit(batch)
         return True
 
     def _flush(self, retry: bool) -> bool:
@@ -249,12 +263,12 @@ class IngestConsumer:
         """Write the batch (on the writer thread, or on the loop's when retrying) and count it as
         written; its offsets are committed afterwards, by the loop."""
         self.writer.write(batch)
-        self.stats.inserted += len(batch.rows)
+        self.stats.inserted += batch.row_count()
         self.stats.rejected += len(batch.rejected)
         self.stats.batches += 1
         self.stats.batch_seconds.append(time.monotonic() - t0)
         m = self.metrics
-        m.inserted.inc(len(batch.rows))
+        m.inserted.inc(batch.row_count())
         for r in batch.rejected:
             m.dlq.labels(r.reason).inc()
         m.batch_seconds.observe(time.monotonic() - t0)
@@ -316,5 +330,5 @@ class IngestConsumer:
         block (no write, no commit), so it only marks the batch in hand: the loop abandons it
         uncommitted and the partitions' next owner reads those records again (ReplacingMergeTree
         collapses any repeat)."""
-        if len(self.batch) or self._inflight is not None:
+        if len(self.batch) or self._inflight:
             self._abandon = True

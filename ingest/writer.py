@@ -41,15 +41,22 @@ def insert_events(db: Database, rows: EventRows) -> int:
 
 
 class BatchWriter:
-    def __init__(self, cfg: Config, db: Database, producer):
+    """``pool``: with ingest workers (``ingest.pool``), a batch's raw records are decoded and inserted
+    by a worker process; its rejects still go to the DLQ and the errors table from here."""
+
+    def __init__(self, cfg: Config, db: Database, producer, pool=None):
         self.cfg = cfg
         self.db = db
         self.producer = producer
+        self.pool = pool
         self._dlq_done: set[tuple[str, int, int]] = set()  # survive a retry of a half-written batch
 
-    def write(self, batch: Batch) -> None:
+    def write(self, batch) -> None:
         """Raises on any failure; safe to call again with the same batch."""
-        insert_events(self.db, batch.rows)
+        if self.pool is not None:
+            batch.n_rows, batch.rejected = self.pool.run(batch.records)
+        else:
+            insert_events(self.db, batch.rows)
         if batch.rejected:
             self._send_dlq(batch)
             self.db.insert("errors", error_columns(batch.rejected))

@@ -4,4 +4,7 @@ import sys
 
 from mailaudit.cli import main
 
-sys.exit(main())
+# Guarded: ingest worker processes (ingest/pool.py) are spawned, and spawn re-imports the main
+# module of `python -m mailaudit` in each worker; it must not run the CLI there.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The stateless half of ingest in worker processes (``ingest.workers`` > 0).
+
+One Python process spends ~25 µs per event decoding, parsing and hashing, and ~16 µs serialising its
+columns for clickhouse-driver, all under one GIL: that, not Kafka or ClickHouse, caps a single
+consumer (bench/README.md). Ingest has no state across events (a batch's rows depend only on its
+records and the key), so that work can run in other processes, as getsentry/arroyo's
+``run_task_with_multiprocessing`` step does: the consumer's loop keeps only what must stay in one
+place (Kafka polling, the order of commits, the DLQ producer), and hands each batch's raw records to a
+worker that builds the rows and inserts them itself.
+
+Nothing about the guarantees changes: a batch's offsets are committed by the loop, in order, only
+after its worker returned from a successful insert; a failed or lost worker (an exception, a killed
+process) makes the write fail, and the consumer retries the whole batch as it retries any failed
+write (the tables collapse repeats). Rejected records come back to the loop's writer, which sends
+them to the DLQ and the errors table before the commit, as the in-process path does.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Iterable
+
+from mailaudit.config import Config
+from mailaudit.ingest.dlq import Rejected
+
+log = logging.getLogger("mailaudit.ingest")
+
+
+class WorkerWriteFailed(RuntimeError):
+    """A worker could not build or insert a batch. Raised with a plain message: driver exceptions do
+    not all survive pickling between processes, and the retry loop only needs to know it failed."""
+
+
+class RawBatch:
+    """A batch whose records are kept as received; a worker decodes them. Same interface as
+    ``ingest.batch.Batch`` for the consumer (size-or-age readiness, offsets, rejects, row count)."""
+
+    def __init__(self, cfg: Config, clock=time.monotonic):
+        self.cfg = cfg
+        self.records: list[tuple] = []
+        self.rejected: list[Rejected] = []          # filled in by the write
+        self.n_rows = 0                             # rows stored, filled in by the write
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.first_offsets: dict[tuple[str, int], int] = {}
+        self._clock = clock
+        self.started = clock()
+
+    def submit_many(self, records: Iterable) -> None:
+        out = self.records
+        for r in records:
+            tp = (r.topic, r.partition)
+            self.offsets[tp] = r.offset
+            if tp not in self.first_offsets:
+                self.first_offsets[tp] = r.offset
+            out.append((r.topic, r.partition, r.offset, r.timestamp, r.key, r.value))
+
+    def ready(self) -> bool:
+        n = len(self.records)
+        if n >= self.cfg.ingest.batch_size:
+            return True
+        return n > 0 and self._clock() - self.started >= self.cfg.ingest.batch_time_s
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def row_count(self) -> int:
+        return self.n_rows
+
+    def commit_offsets(self) -> dict[tuple[str, int], int]:
+        return {tp: off + 1 for tp, off in self.offsets.items()}
+
+
+# -- the worker process ------------------------------------------------------------------------------
+
+_worker = None
+
+
+class _Worker:
+    def __init__(self, cfg: Config, datetime64: bool):
+        from mailaudit.ingest.clickhouse import Database
+        from mailaudit.ingest.privacy import AddressHasher
+
+        self.cfg = cfg
+        self.datetime64 = datetime64
+        self.hasher = AddressHasher(cfg.require_hash_key(), cfg.privacy.hash_key_id)
+        self.db = Database(cfg.clickhouse)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker must not outlive its consumer: a SIGKILLed consumer cannot stop it, and the worker
+    holds both ends of its task pipe, so it would wait for work forever."""
+    import os
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _init_worker(cfg: Config, datetime64: bool, parent: int) -> None:
+    import gc
+
+    from mailaudit.ingest.consumer import GC_THRESHOLDS
+
+    global _worker
+    _exit_with_parent(parent)
+    gc.set_threshold(*GC_THRESHOLDS)
+    _worker = _Worker(cfg, datetime64)
+
+
+def _ping() -> bool:
+    return _worker is not None
+
+
+def _build_and_insert(records: list[tuple]) -> tuple[int, list[Rejected]]:
+    """Decode, parse and hash ``records`` into rows and insert them (events + address index)."""
+    from mailaudit.ingest.batch import Batch
+    from mailaudit.ingest.writer import insert_events
+
+    w = _worker
+    batch = Batch(w.cfg, w.hasher, datetime64=w.datetime64)
+    for r in records:
+        batch.submit(*r)
+    try:
+        insert_events(w.db, batch.rows)
+    except Exception as e:  # noqa: BLE001 - reported to the loop, which retries the batch
+        w.db.disconnect()
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        raise WorkerWriteFailed(f"{type(e).__name__}: {first}") from None
+    return len(batch.rows), batch.rejected
+
+
+class BuildPool:
+    """The worker processes. ``run(records)`` blocks the calling thread (the consumer's writer thread)
+    until a worker stored them; a lost worker is replaced and the call fails, to be retried."""
+
+    def __init__(self, cfg: Config, datetime64: bool, workers: int):
+        self.cfg = cfg
+        self.datetime64 = datetime64
+        self.workers = max(1, int(workers))
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # spawn: the consumer has threads (kafka-python's, the writer), and fork would copy their locks.
+        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.cfg, self.datetime64, os.getpid()))
+        # Start every worker now (imports take ~1 s), not on the first batch.
+        for f in [pool.submit(_ping) for _ in range(self.workers)]:
+            f.result(timeout=120)
+        return pool
+
+    def run(self, records: list[tuple]) -> tuple[int, list[Rejected]]:
+        try:
+            return self._pool.submit(_build_and_insert, records).result()
+        except BrokenProcessPool:
+            log.error("an ingest worker process died; starting new ones (the batch will be retried)")
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            raise WorkerWriteFailed("ingest worker process died") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
