@@ -155,7 +155,10 @@ def mask_address(addr: str) -> str:
 
     The star count is fixed, so the mask does not give away the length of the local part.
     """
-    a = normalise_address(addr)
+    return _mask_normalised(normalise_address(addr))
+
+
+def _mask_normalised(a: str) -> str:
     if not a:
         return ""
     at = a.rfind("@")
@@ -216,6 +219,21 @@ class AddressHasher:
             cache.clear()
         cache[addr] = h
         return h
+
+    def hash_and_mask(self, addr: str) -> tuple[str, str]:
+        """``(hash(addr), mask_address(addr))`` with one normalisation: the ingest hot path computes
+        both for every new address of a batch."""
+        v1 = normalise_address(addr)
+        h = self._cache.get(addr)
+        if h is None:
+            # Version 2 only differs from version 1 on non-ASCII addresses.
+            norm = v1 if (self.normalisation == 2 and v1.isascii()) else self._norm(addr)
+            h = _mac(self._key, _utf8(norm))
+            cache = self._cache
+            if len(cache) >= self._cache_max:
+                cache.clear()
+            cache[addr] = h
+        return h, _mask_normalised(v1)
 
     def hash_many(self, addrs) -> list[str]:
         get = self._cache.get

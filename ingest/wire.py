@@ -42,6 +42,9 @@ class Event:
     subject: str | None = None
     size_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The event_id as parsed by the decoder's validation, kept so the ClickHouse driver need not parse
+    # it a second time (a UUID column takes UUID objects as they are, a string costs a parse per row).
+    uid: uuid.UUID | None = field(default=None, compare=False, repr=False)
 
     def to_wire(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -180,7 +183,7 @@ def _decode_fast(raw: bytes) -> Event | None:
         return None
     event_id = w.event_id
     try:
-        uuid.UUID(event_id)
+        uid = uuid.UUID(event_id)
         sent_at_ms = parse_time(w.sent_at)
     except ValueError:
         return None
@@ -199,6 +202,7 @@ def _decode_fast(raw: bytes) -> Event | None:
         subject=w.subject,
         size_bytes=size,
         extra={},
+        uid=uid,
     )
 
 
