@@ -127,8 +127,21 @@ def raw_insert(cfg: Config, msgs, batch_size: int) -> float:
     return len(msgs) / dt
 
 
+def _variant(cfg: Config, suffix: str) -> Config:
+    """The same topic read by another group into another database (with the same migrations): a
+    second end-to-end run over the very same records."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.kafka.ingest_group = cfg.kafka.ingest_group + suffix
+    out.clickhouse.url = cfg.clickhouse.url + suffix
+    migrate(Database(out.clickhouse))
+    return out
+
+
 def end_to_end(cfg: Config, n: int) -> dict:
-    """One IngestConsumer (through its consumer group) until every row is in ClickHouse."""
+    """One IngestConsumer (through its consumer group) until every row is in ClickHouse; with
+    ``cfg.ingest.workers`` its worker processes (spawned, warmed up, before the clock starts)."""
     from mailaudit.ingest.consumer import IngestConsumer
 
     db = Database(cfg.clickhouse)
@@ -230,8 +243,10 @@ def _median(xs):
 
 
 def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, batch_size: int = 5000,
-                 info=None, scaling_runs: int | None = None) -> dict:
-    """``info``: run on these servers (a ``StackInfo``) instead of starting a local stack."""
+                 info=None, scaling_runs: int | None = None, workers: int = 2) -> dict:
+    """``info``: run on these servers (a ``StackInfo``) instead of starting a local stack.
+    ``workers``: the headline end-to-end figure is one consumer with this many worker processes
+    (``ingest.workers``); the in-process consumer (``workers = 0``) is measured beside it in every run."""
     stack = None
     if info is None:
         state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-bench-"))
@@ -255,10 +270,17 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
             load = loadavg()
             consume = raw_consume(cfg, len(msgs), batch_size)
             insert = raw_insert(cfg, msgs, batch_size)
-            e2e = end_to_end(cfg, len(msgs))
+            e2e_in = end_to_end(cfg, len(msgs))
+            e2e = e2e_in
+            if workers:
+                wcfg = _variant(cfg, "_w")
+                wcfg.ingest.workers = workers
+                e2e = end_to_end(wcfg, len(msgs))
             ceiling = min(consume, insert)
             per_run.append({
                 "events_per_s": e2e["events_per_s"],
+                "events_per_s_in_process": e2e_in["events_per_s"],
+                "ratio_in_process": e2e_in["events_per_s"] / ceiling if ceiling else None,
                 "raw_consume_msgs_per_s": consume,
                 "raw_insert_rows_per_s": insert,
                 "raw_limit_events_per_s": ceiling,
@@ -280,7 +302,7 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
     result["scaling_events_per_s"] = {k: _median(r["events_per_s"] for r in v) for k, v in scale_runs.items()}
     result["scaling_runs"] = scale_runs
     result["services"] = len({k for k, _ in msgs})
-    result.update({"events": len(msgs), "runs": runs, "batch_size": batch_size,
+    result.update({"events": len(msgs), "runs": runs, "batch_size": batch_size, "workers": workers,
                    "raw_limit_definition": "min(bare consume, bare insert): decode and insert overlap, so the slower "
                                            "side is the ceiling; every side timed from the first record received "
                                            "to the last commit, on the same table structure",

@@ -20,9 +20,10 @@ def test_bench_ingest_tiny(stack):
     from mailaudit.bench.ingest import bench_ingest
 
     out = bench_ingest(n=1500, runs=1, batch_size=500, info=stack, scaling_runs=1)
-    for k in ("events_per_s", "raw_consume_msgs_per_s", "raw_insert_rows_per_s", "raw_limit_events_per_s", "ratio"):
+    for k in ("events_per_s", "raw_consume_msgs_per_s", "raw_insert_rows_per_s", "raw_limit_events_per_s", "ratio",
+              "events_per_s_in_process", "ratio_in_process"):
         assert _positive(out[k]), (k, out[k])
-    assert len(out["per_run"]) == 1
+    assert len(out["per_run"]) == 1 and out["workers"] == 2
     for run in out["per_run"]:
         assert run["stored"] == 1500
         assert run["raw_limit_events_per_s"] == min(run["raw_consume_msgs_per_s"], run["raw_insert_rows_per_s"])

@@ -32,6 +32,8 @@ def configure(p):
                    help="nab: cross-validated figures (leave one category / one file out, bench/nab_cv.py)")
     p.add_argument("--rates", help="latency: comma-separated offered rates (default 1000,2000,5000,8000)")
     p.add_argument("--duration", type=float, help="latency: seconds per run")
+    p.add_argument("--workers", type=int, help="ingest: worker processes of the headline consumer (default 2; "
+                                               "the in-process consumer is measured beside it)")
     p.add_argument("--plot", help="latency: write the latency-vs-rate PNG here (default bench/latency.png in a checkout)")
 
 
@@ -46,6 +48,8 @@ def _kwargs(suite: str, args) -> dict:
             kw["half"] = args.half
         if getattr(args, "scale", None):
             kw["scale"] = args.scale
+    if suite == "ingest" and getattr(args, "workers", None) is not None:
+        kw["workers"] = args.workers
     if suite == "latency" and getattr(args, "rates", None):
         kw["rates"] = tuple(int(r) for r in args.rates.split(","))
     if suite == "latency" and getattr(args, "duration", None):
