@@ -2,9 +2,12 @@
 
 The loop: poll → ``Batch.submit`` → when the batch is ready (size or age), its write
 (``BatchWriter.write``) starts on a background thread while the loop decodes the next batch → once
-that write returned, the batch's offsets are committed. At most one write is in flight: a full next
-batch waits for it, so memory is bounded at two batches (one being written, one being decoded), and
-batches are committed in order. Offsets are committed only after the write returned, so a crash at
+that write returned, the batch's offsets are committed. In-process, at most one write is in flight: a
+full next batch waits for it, so memory is bounded at two batches (one being written, one being
+decoded). With ``ingest.workers`` (ingest/pool.py) the loop keeps only the raw records of the batch in
+hand and each worker decodes and writes one batch: at most ``workers`` writes in flight plus the batch
+in hand. Either way batches are committed in order: a batch that finished early waits for the older
+ones. Offsets are committed only after the write returned, so a crash at
 any point re-delivers an uncommitted batch and the ReplacingMergeTree collapses the repeats.
 
 While ClickHouse (or the DLQ topic) is down the write is retried with exponential backoff; the
