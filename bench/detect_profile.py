@@ -39,7 +39,8 @@ STAGES = {
     "hash": [("ingest/privacy.py", "hash")],
     "engine": [("detect/engine.py", "process"), ("detect/engine.py", "advance")],
     "outbox": [("detect/consumer.py", "_emit")],
-    "checkpoint_commit": [("detect/consumer.py", "checkpoint_and_commit")],
+    # on the loop: the snapshot, and the offset commit once the checkpoint thread stored it
+    "checkpoint_commit": [("detect/consumer.py", "_start_checkpoint"), ("detect/consumer.py", "_finish_checkpoint")],
     "caught_up_probe": [("detect/consumer.py", "_caught_up")],
 }
 
