@@ -164,11 +164,12 @@ class IngestConsumer:
     # -- the loop ----------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 200) -> None:
         # Never read more than fits in the batch: memory stays bounded at one batch. A raw batch (workers)
-        # holds only bytes, and may run over by one poll: kafka-python sends the next fetch only once its
-        # buffer is drained, and polls for a few records at a time leave it waiting on the broker
-        # (bench/README.md: 500-record polls read 8.6k msgs/s here, 5,000-record polls 171k).
+        # holds only bytes, and always polls for a whole batch, so it may reach twice the batch size:
+        # kafka-python sends the next fetch only once its buffer is drained, and polls for a few records
+        # at a time leave it waiting on the broker (500-record polls read 8.6k msgs/s here, 5,000-record
+        # polls 171k).
         if self.pool is not None:
-            room = self.cfg.kafka.max_poll_records
+            room = min(self.cfg.kafka.max_poll_records, self.cfg.ingest.batch_size)
         else:
             room = max(1, min(self.cfg.kafka.max_poll_records, self.cfg.ingest.batch_size - len(self.batch)))
         records = self.consumer.poll(timeout_ms=timeout_ms, max_records=room)
