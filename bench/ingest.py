@@ -139,6 +139,50 @@ def _variant(cfg: Config, suffix: str) -> Config:
     return out
 
 
+_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_s(pid: str) -> tuple[str, float]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    f = text.rsplit(")", 1)[1].split()
+    return comm, (int(f[11]) + int(f[12])) / _TCK
+
+
+def _cpu_snapshot(consumer) -> dict:
+    """CPU seconds so far: the machine's busy/total jiffies, and per role: this process (the consumer's
+    loop; the bench's own polling is negligible), its worker processes, ClickHouse, the broker."""
+    out = {"consumer": _proc_cpu_s(str(os.getpid()))[1], "workers": 0.0, "clickhouse": 0.0, "broker": 0.0}
+    pool = getattr(consumer, "pool", None)
+    if pool is not None:
+        for pid in list(pool._pool._processes or ()):
+            try:
+                out["workers"] += _proc_cpu_s(str(pid))[1]
+            except (OSError, ValueError):
+                pass
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                comm, cpu = _proc_cpu_s(pid)
+            except (OSError, ValueError):
+                continue
+            if comm.startswith("clickhouse"):
+                out["clickhouse"] += cpu
+            elif comm.startswith("tansu"):
+                out["broker"] += cpu
+    stat = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    out["_total"], out["_idle"] = sum(stat), stat[3] + stat[4]
+    return out
+
+
+def _cpu_per_event(a: dict, b: dict, n: int) -> dict:
+    """µs of CPU per event by role over the timed interval, and how busy the machine's cores were."""
+    out = {f"cpu_us_per_event_{k}": 1e6 * (b[k] - a[k]) / n for k in a if not k.startswith("_") and n}
+    total = b["_total"] - a["_total"]
+    out["cpu_busy_pct"] = 100.0 * (1 - (b["_idle"] - a["_idle"]) / total) if total else None
+    return out
+
+
 def end_to_end(cfg: Config, n: int) -> dict:
     """One IngestConsumer (through its consumer group) until every row is in ClickHouse; with
     ``cfg.ingest.workers`` its worker processes (spawned, warmed up, before the clock starts)."""
@@ -149,17 +193,24 @@ def end_to_end(cfg: Config, n: int) -> dict:
     th = threading.Thread(target=consumer.run, daemon=True)
     th.start()
     deadline = time.monotonic() + 600
+    cpu0 = cpu1 = None
     while consumer.stats.inserted + consumer.stats.rejected < n and time.monotonic() < deadline:
+        if cpu0 is None and consumer.stats.first_record_at is not None:
+            cpu0 = _cpu_snapshot(consumer)
         time.sleep(0.05)
+    if cpu0 is not None:
+        cpu1 = _cpu_snapshot(consumer)       # before the workers stop: their CPU is still readable
     consumer.stop_event.set()
     th.join(60)
     s = consumer.stats
     dt = (s.last_commit_at or time.monotonic()) - (s.first_record_at or time.monotonic())
     stored = db.execute("SELECT count() FROM {db}.events")[0][0]
     lat = sorted(s.batch_seconds)
+    cpu = _cpu_per_event(cpu0, cpu1, s.inserted) if cpu0 and cpu1 else {}
     return {
         "events_per_s": s.inserted / dt if dt > 0 else 0.0,
         "stored": stored,
+        **cpu,
         "batches": s.batches,
         "batch_write_p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
         "batch_write_p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else None,
@@ -280,6 +331,7 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
             per_run.append({
                 "events_per_s": e2e["events_per_s"],
                 "events_per_s_in_process": e2e_in["events_per_s"],
+                **{k: v for k, v in e2e.items() if k.startswith("cpu_")},
                 "ratio_in_process": e2e_in["events_per_s"] / ceiling if ceiling else None,
                 "raw_consume_msgs_per_s": consume,
                 "raw_insert_rows_per_s": insert,

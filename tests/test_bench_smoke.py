@@ -26,6 +26,8 @@ def test_bench_ingest_tiny(stack):
     assert len(out["per_run"]) == 1 and out["workers"] == 2
     for run in out["per_run"]:
         assert run["stored"] == 1500
+        # CPU per event by role over the timed interval: the workers did the decoding, not the loop.
+        assert _positive(run["cpu_us_per_event_workers"]) and 0 < run["cpu_busy_pct"] <= 100
         assert run["raw_limit_events_per_s"] == min(run["raw_consume_msgs_per_s"], run["raw_insert_rows_per_s"])
         assert _load(run["loadavg_before"]) and _load(run["loadavg_after"])
     assert sorted(out["per_run"], key=lambda r: r["ratio"])[0]["ratio"] <= out["ratio"]
