@@ -327,6 +327,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MAILAUDIT_WEBHOOK_URL": ("webhook", "url"),
     "MAILAUDIT_WEBHOOK_SECRET": ("webhook", "secret"),
     "MAILAUDIT_CONTAINMENT": ("detect", "containment"),
+    "MAILAUDIT_INGEST_WORKERS": ("ingest", "workers"),
     "MAILAUDIT_DASHBOARD_HOST": ("dashboard", "host"),
     "MAILAUDIT_DASHBOARD_PORT": ("dashboard", "port"),
     "MAILAUDIT_DASHBOARD_READER_PASSWORD_HASH": ("dashboard", "reader_password_hash"),
@@ -373,6 +374,8 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
                 raise ConfigError(f"{fvar}: cannot read {env[fvar]}: {e.strerror}") from None
             target = cfg if section is None else getattr(cfg, section)
             _set_field(target, name, value, fvar)
+    if cfg.ingest.workers < 0:
+        raise ConfigError(f"ingest.workers must be 0 (decode in the consumer's process) or more, not {cfg.ingest.workers}")
     return cfg
 
 

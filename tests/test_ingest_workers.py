@@ -139,3 +139,15 @@ def test_consume_cli_with_workers_sigkilled_then_restarted_exactly_once(make_cfg
     raw, distinct = _raw(db)
     assert distinct == n
     assert 0 <= raw - n <= cfg.ingest.batch_size * 2
+
+
+def test_workers_setting_from_env_and_file_and_refused_when_negative(tmp_path):
+    from mailaudit.config import ConfigError, load_config
+
+    assert load_config(env={}).ingest.workers == 0
+    assert load_config(env={"MAILAUDIT_INGEST_WORKERS": "3"}).ingest.workers == 3
+    f = tmp_path / "c.toml"
+    f.write_text("[ingest]\nworkers = 2\n")
+    assert load_config(f, env={}).ingest.workers == 2
+    with pytest.raises(ConfigError, match="ingest.workers must be 0"):
+        load_config(env={"MAILAUDIT_INGEST_WORKERS": "-1"})
