@@ -13,6 +13,10 @@ after its worker returned from a successful insert; a failed or lost worker (an 
 process) makes the write fail, and the consumer retries the whole batch as it retries any failed
 write (the tables collapse repeats). Rejected records come back to the loop's writer, which sends
 them to the DLQ and the errors table before the commit, as the in-process path does.
+
+Workers get the configuration (hash key included) as a pickled argument through the pipe
+multiprocessing's spawn opens between the consumer and its own children: not through the environment,
+the command line or a file.
 """
 
 from __future__ import annotations
