@@ -183,6 +183,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
     arrivals, path_arrivals = watcher.arrivals, watcher.path_arrivals
     producer = make_producer(cfg.kafka, linger_ms=2)
     sent: dict[str, float] = {}
+    acked: dict[str, float] = {}        # leak -> when the broker acknowledged it (the producer's callback)
     t_start = time.time()
     phases = {}
     try:
@@ -247,7 +248,8 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
             if main_left and time.time() >= next_leak:
                 leak = _leak(leaks, int(time.time() * 1000))
                 sent[leak.event_id] = time.time()
-                producer.send(cfg.kafka.topic_events, key=b"newsletter", value=leak.encode())
+                fut = producer.send(cfg.kafka.topic_events, key=b"newsletter", value=leak.encode())
+                fut.add_callback(lambda _md, k=leak.event_id: acked.setdefault(k, time.time()))
                 leaks += 1
                 next_leak += leak_every_s
         producer.flush()
@@ -271,6 +273,10 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
             det.kill()
         phases["stop_s"] = round(time.time() - t_stop, 1)
     lat = [arrivals[k] - t for k, t in sent.items() if k in arrivals]
+    # The publishing side's share: send() -> the broker's ack (the bench's own producer, its process and
+    # the broker), and the rest, ack -> alert (the detector, its sinks, the watcher).
+    to_ack = [acked[k] - t for k, t in sent.items() if k in acked]
+    after_ack = [arrivals[k] - acked[k] for k in sent if k in arrivals and k in acked]
     path_lat = {}
     for name, kind, svc, wait_ms, waits_for in PATHS:
         if name in path_sent:
@@ -292,6 +298,10 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
         "p50_ms": 1000 * _pct(lat, 0.5) if lat else None,
         "p99_ms": 1000 * _pct(lat, 0.99) if lat else None,
         "max_ms": 1000 * max(lat) if lat else None,
+        "publish_ack_ms": {"p50": 1000 * _pct(to_ack, 0.5), "p99": 1000 * _pct(to_ack, 0.99),
+                           "max": 1000 * max(to_ack)} if to_ack else None,
+        "ack_to_alert_ms": {"p50": 1000 * _pct(after_ack, 0.5), "p99": 1000 * _pct(after_ack, 0.99),
+                            "max": 1000 * max(after_ack)} if after_ack else None,
         "paths": path_lat,
         "phases_s": phases,
         "loadavg_before": load_before,
