@@ -21,10 +21,13 @@ the command line or a file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import sys
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable
@@ -142,6 +145,25 @@ def _build_and_insert(records: list[tuple]) -> tuple[int, list[Rejected]]:
     return len(batch.rows), batch.rejected
 
 
+@contextlib.contextmanager
+def _no_main_reimport():
+    """spawn re-runs the parent's ``__main__`` in every child unless it is a package's ``__main__``
+    (``python -m mailaudit``). A consumer embedded in a script without a main guard — or in a process
+    whose ``__main__`` another library replaced (Streamlit's script runner does) — would run that
+    script again in each worker. Workers need nothing from it: while they are started, ``__main__``
+    is a bare module (the preparation data is taken in ``Process.start``, within this block)."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if main is None or name.endswith("__main__") or (not name and not getattr(main, "__file__", None)):
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 class BuildPool:
     """The worker processes. ``run(records)`` blocks the calling thread (the consumer's writer thread)
     until a worker stored them; a lost worker is replaced and the call fails, to be retried."""
@@ -156,8 +178,11 @@ class BuildPool:
         # spawn: the consumer has threads (kafka-python's, the writer), and fork would copy their locks.
         pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(self.cfg, self.datetime64, os.getpid()))
-        # Start every worker now (imports take ~1 s), not on the first batch.
-        for f in [pool.submit(_ping) for _ in range(self.workers)]:
+        # Start every worker now (imports take ~1 s), not on the first batch. The processes are started
+        # by these submits (a pool never replaces a dead worker: a broken pool is rebuilt here).
+        with _no_main_reimport():
+            futures = [pool.submit(_ping) for _ in range(self.workers)]
+        for f in futures:
             f.result(timeout=120)
         return pool
 

@@ -151,3 +151,29 @@ def test_workers_setting_from_env_and_file_and_refused_when_negative(tmp_path):
     assert load_config(f, env={}).ingest.workers == 2
     with pytest.raises(ConfigError, match="ingest.workers must be 0"):
         load_config(env={"MAILAUDIT_INGEST_WORKERS": "-1"})
+
+
+def test_workers_do_not_rerun_the_parents_main_script(make_cfg, tmp_path, monkeypatch):
+    """A process whose ``__main__`` is a script without a main guard (here one that would write a
+    marker file) starts its ingest workers without running that script again."""
+    import sys
+    import types
+
+    from mailaudit.ingest.consumer import IngestConsumer
+
+    marker = tmp_path / "ran"
+    script = tmp_path / "embedding_app.py"
+    script.write_text(f"open({str(marker)!r}, 'a').write('x')\n")
+    fake = types.ModuleType("__main__")
+    fake.__file__ = str(script)
+    fake.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    cfg = make_cfg(ingest__workers=1)
+    _setup(cfg)
+    c = IngestConsumer(cfg)
+    try:
+        assert c.pool is not None and len(c.pool._pool._processes) == 1
+    finally:
+        c.close()
+    assert sys.modules["__main__"] is fake
+    assert not marker.exists(), "a worker ran the parent's __main__ script"
