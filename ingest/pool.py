@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import types
 from concurrent.futures import ProcessPoolExecutor
@@ -172,6 +173,7 @@ class BuildPool:
         self.cfg = cfg
         self.datetime64 = datetime64
         self.workers = max(1, int(workers))
+        self._lock = threading.Lock()
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -187,12 +189,18 @@ class BuildPool:
         return pool
 
     def run(self, records: list[tuple]) -> tuple[int, list[Rejected]]:
+        pool = self._pool
         try:
-            return self._pool.submit(_build_and_insert, records).result()
+            return pool.submit(_build_and_insert, records).result()
         except BrokenProcessPool:
-            log.error("an ingest worker process died; starting new ones (the batch will be retried)")
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._start()
+            # Every batch in flight sees the same broken pool (one writer thread each): the first one
+            # here replaces it, the others only fail and are retried on the new one (without the check
+            # each would start a pool; the unused ones' workers stop when their executor is collected).
+            with self._lock:
+                if self._pool is pool:
+                    log.error("an ingest worker process died; starting new ones (its batches will be retried)")
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = self._start()
             raise WorkerWriteFailed("ingest worker process died") from None
 
     def close(self) -> None:

@@ -183,3 +183,45 @@ def test_workers_do_not_rerun_the_parents_main_script(make_cfg, tmp_path, monkey
         c.close()
     assert sys.modules["__main__"] is fake
     assert not marker.exists(), "a worker ran the parent's __main__ script"
+
+
+def _spawned_children() -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "spawn_main"], capture_output=True, text=True)
+    return set(map(int, out.stdout.split()))
+
+
+def test_batches_in_flight_on_a_dead_worker_fail_and_the_pool_is_replaced(make_cfg):
+    """Two batches are in the pool when its worker is killed: both fail (the consumer retries them),
+    the pool is replaced, no worker of the dead pool stays behind, and the new pool stores."""
+    import threading
+
+    from mailaudit.ingest.pool import BuildPool, WorkerWriteFailed
+
+    cfg = make_cfg()
+    _setup(cfg)
+    pool = BuildPool(cfg, False, 1)
+    try:
+        old = list(pool._pool._processes)
+        records = [(cfg.kafka.topic_events, 0, i, 0, b"k", make_event(i).encode()) for i in range(60000)]
+        results: list = []
+
+        def one():
+            try:
+                results.append(pool.run(records))
+            except WorkerWriteFailed as e:
+                results.append(e)
+
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)                    # both submitted; the first is being decoded (~2 s each)
+        os.kill(old[0], signal.SIGKILL)
+        for t in threads:
+            t.join(120)
+        assert len(results) == 2 and all(isinstance(r, WorkerWriteFailed) for r in results), results
+        new = list(pool._pool._processes)
+        assert len(new) == 1 and new[0] not in old
+        wait_until(lambda: _spawned_children() == set(new), 20, what="only the new pool's worker alive")
+        assert pool.run(records[:100])[0] == 100      # the new pool works
+    finally:
+        pool.close()
