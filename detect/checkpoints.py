@@ -11,13 +11,11 @@ it lets a single detector restart while ClickHouse is down; on restore the furth
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import logging
 import os
 import socket
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,10 +81,7 @@ def wire_dumps(doc: Any, max_bytes: int) -> str:
     pieces so that a checkpoint thread lets the poll loop run (zlib releases the GIL by itself)."""
     pieces: list[str] = []
     _json_pieces(doc, pieces)
-    raw = "".join(pieces).encode("utf-8")
-    if len(raw) > max_bytes:
-        raise st.StateTooLarge(f"detection state is {len(raw)} bytes, over the {max_bytes}-byte limit")
-    return f"{st.WIRE_VERSION};z;" + base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
+    return st.wrap("".join(pieces).encode("utf-8"), max_bytes=max_bytes)
 
 log = logging.getLogger("mailaudit.detect.checkpoints")
 

@@ -47,7 +47,7 @@ from mailaudit.detect.sinks import ClickHouseSink, KafkaSink, SinkWorker, Webhoo
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.consumer import GC_THRESHOLDS
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
-from mailaudit.ingest.metrics import DetectMetrics
+from mailaudit.ingest.metrics import DetectMetrics, update_lag
 from mailaudit.ingest.parsed import parse_event
 from mailaudit.ingest.privacy import AddressHasher
 from mailaudit.ingest.wire import MalformedEvent, decode_event
@@ -402,13 +402,7 @@ class DetectConsumer:
             self._refresh_gauges()
 
     def _refresh_gauges(self) -> None:
-        # Lag from the last fetch's end offsets (``update_lag`` asks the broker: a round trip on the loop).
-        try:
-            for tp, end in (self._ends() or {}).items():
-                pos = self.consumer.position(tp)
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - pos))
-        except Exception:  # noqa: BLE001 - metrics must never hurt the pipeline
-            pass
+        update_lag(self.metrics.lag, self.consumer)      # from the last fetch's high watermark: no request
         for w in self.workers:
             self.metrics.outbox_backlog.labels(w.sink.name).set(self.outbox.backlog(w.sink.name))
             new = w.failures - self._reported_failures.get(w.sink.name, 0)

@@ -225,7 +225,11 @@ def _hashable(v: Any) -> Any:
 
 def dumps(doc: Any, compress: bool = True, max_bytes: int = MAX_BYTES) -> str:
     """``doc`` (already plain JSON values) in the wire form; ``StateTooLarge`` past ``max_bytes``."""
-    raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return wrap(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8"), compress, max_bytes)
+
+
+def wrap(raw: bytes, compress: bool = True, max_bytes: int = MAX_BYTES) -> str:
+    """Compact JSON already encoded (UTF-8) in the wire form: the size limit, the header, the body."""
     if len(raw) > max_bytes:
         raise StateTooLarge(f"detection state is {len(raw)} bytes, over the {max_bytes}-byte limit")
     if not compress:
