@@ -213,7 +213,11 @@ class AddressHasher:
         h = self._cache.get(addr)
         if h is not None:
             return h
-        h = _mac(self._key, _utf8(self._norm(addr)))
+        return self._hash_new(addr, self._norm(addr))
+
+    def _hash_new(self, addr: str, norm: str) -> str:
+        """HMAC of ``addr``'s normalised form ``norm``, remembered under ``addr``."""
+        h = _mac(self._key, _utf8(norm))
         cache = self._cache
         if len(cache) >= self._cache_max:
             cache.clear()
@@ -227,12 +231,7 @@ class AddressHasher:
         h = self._cache.get(addr)
         if h is None:
             # Version 2 only differs from version 1 on non-ASCII addresses.
-            norm = v1 if (self.normalisation == 2 and v1.isascii()) else self._norm(addr)
-            h = _mac(self._key, _utf8(norm))
-            cache = self._cache
-            if len(cache) >= self._cache_max:
-                cache.clear()
-            cache[addr] = h
+            h = self._hash_new(addr, v1 if (self.normalisation == 2 and v1.isascii()) else self._norm(addr))
         return h, _mask_normalised(v1)
 
     def hash_many(self, addrs) -> list[str]:
