@@ -5,8 +5,8 @@ The loop: poll → ``Batch.submit`` → when the batch is ready (size or age), i
 that write returned, the batch's offsets are committed. In-process, at most one write is in flight: a
 full next batch waits for it, so memory is bounded at two batches (one being written, one being
 decoded). With ``ingest.workers`` (ingest/pool.py) the loop keeps only the raw records of the batch in
-hand and each worker decodes and writes one batch: at most ``workers`` writes in flight plus the batch
-in hand. Either way batches are committed in order: a batch that finished early waits for the older
+hand and each worker decodes and writes one batch: at most 2 x ``workers`` batches handed over (the
+extra ones wait, as raw bytes, for a free worker) plus the batch in hand. Either way batches are committed in order: a batch that finished early waits for the older
 ones. Offsets are committed only after the write returned, so a crash at
 any point re-delivers an uncommitted batch and the ReplacingMergeTree collapses the repeats.
 
@@ -95,7 +95,6 @@ class IngestConsumer:
         self.batch = self._new_batch()
         self._retrying = False
         self._abandon = False
-        # The write in flight: (batch, future, started). One thread, so writes never overlap each other.
         # Writes in flight, oldest first: (batch, future, started). In-process, one at a time (one
         # writer thread, so writes never overlap); with workers, one per worker, committed in order.
         # With workers, twice as many batches as workers may be handed over (the extra ones wait, as raw

@@ -4,7 +4,6 @@ import sys
 
 from mailaudit.cli import main
 
-# Guarded: ingest worker processes (ingest/pool.py) are spawned, and spawn re-imports the main
-# module of `python -m mailaudit` in each worker; it must not run the CLI there.
+# Guarded, as an entry module should be: importing it (a tool, a spawned process) must never run the CLI.
 if __name__ == "__main__":
     sys.exit(main())
