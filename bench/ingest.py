@@ -142,7 +142,8 @@ def _variant(cfg: Config, suffix: str) -> Config:
 _TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu_s(pid: str) -> tuple[str, float]:
+def proc_cpu(pid) -> tuple[str, float]:
+    """(command name, user + system CPU seconds so far) of a process, from /proc; OSError once it is gone."""
     text = Path(f"/proc/{pid}/stat").read_text()
     comm = text[text.index("(") + 1:text.rindex(")")]
     f = text.rsplit(")", 1)[1].split()
@@ -152,18 +153,18 @@ def _proc_cpu_s(pid: str) -> tuple[str, float]:
 def _cpu_snapshot(consumer) -> dict:
     """CPU seconds so far: the machine's busy/total jiffies, and per role: this process (the consumer's
     loop; the bench's own polling is negligible), its worker processes, ClickHouse, the broker."""
-    out = {"consumer": _proc_cpu_s(str(os.getpid()))[1], "workers": 0.0, "clickhouse": 0.0, "broker": 0.0}
+    out = {"consumer": proc_cpu(str(os.getpid()))[1], "workers": 0.0, "clickhouse": 0.0, "broker": 0.0}
     pool = getattr(consumer, "pool", None)
     if pool is not None:
         for pid in list(pool._pool._processes or ()):
             try:
-                out["workers"] += _proc_cpu_s(str(pid))[1]
+                out["workers"] += proc_cpu(str(pid))[1]
             except (OSError, ValueError):
                 pass
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                comm, cpu = _proc_cpu_s(pid)
+                comm, cpu = proc_cpu(pid)
             except (OSError, ValueError):
                 continue
             if comm.startswith("clickhouse"):

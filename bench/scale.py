@@ -34,23 +34,18 @@ import uuid
 from pathlib import Path
 
 from mailaudit import tomlw
-from mailaudit.bench.ingest import _bench_cfg, _events, _publish
-from mailaudit.bench.latency import AlertWatcher, _leak, _pct
+from mailaudit.bench.ingest import _bench_cfg, _events, _publish, proc_cpu
+from mailaudit.bench.latency import AlertWatcher, _leak, _pct, encoded_stream
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.kafka_io import make_producer
 from mailaudit.ingest.schema import migrate
-from mailaudit.ingest.simulator import Simulator
 from mailaudit.ingest.topics import create_topics
 from mailaudit.stack import LocalStack, free_port
 
 _COUNTER = {"detect": "mailaudit_detect_events_total", "consume": "mailaudit_ingest_events_inserted_total"}
-_CLK = os.sysconf("SC_CLK_TCK")
-
-
 def _cpu_s(pid: int) -> float:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK
+        return proc_cpu(pid)[1]
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -153,16 +148,7 @@ def alert_latency(info, state: Path, k: int, rate: float, duration_s: float, lea
                     producer.send(cfg.kafka.topic_events, key=s.encode(), value=e.encode())
             producer.flush()
             time.sleep(1.0)
-        # The stream is encoded before it is paced, with event times from a start that must still lie
-        # ahead once the encoding is done (else its first seconds go out as one burst; bench/latency.py
-        # had that fault): time the encoding of the first second, allow 1.5x for the whole stream.
-        t_cal = time.time()
-        cal_s = min(1.0, duration_s)
-        [e.encode() for e in Simulator(seed=22, rate=rate, rhythm=False, burst=1.0, start_ms=0).events(cal_s)]
-        encode_s = (time.time() - t_cal) / cal_s * duration_s
-        start_ms = int(time.time() * 1000) + 1000 + int(1500 * encode_s)
-        planned = [(e.sent_at_ms, e.service.encode(), e.encode())
-                   for e in Simulator(seed=22, rate=rate, rhythm=False, burst=1.0, start_ms=start_ms).events(duration_s)]
+        start_ms, planned = encoded_stream(22, rate, duration_s, lead_ms=1000)
         late_start_s = round(max(0.0, time.time() - start_ms / 1000.0), 2)
         while time.time() * 1000 < start_ms:
             time.sleep(0.005)
