@@ -11,33 +11,11 @@ import subprocess
 import time
 
 import pytest
-from kafka import TopicPartition
 
 from helpers import ConsumerThread, cli, make_event, wait_until, write_config
-from mailaudit.ingest.kafka_io import make_consumer
-from test_ingest_e2e import MALFORMED, _count, _publish, _raw, _read_topic, _setup, _stop_merges
+from test_ingest_e2e import MALFORMED, _committed, _count, _publish, _raw, _read_topic, _setup, max_uncommitted
 
 pytestmark = pytest.mark.servers
-
-
-def _max_uncommitted(cfg, workers: int) -> int:
-    """Records that can be stored but not yet committed when a process dies: 2 batches handed over per
-    worker, each at most twice batch_size (a raw batch polls for a whole batch)."""
-    return 2 * workers * 2 * cfg.ingest.batch_size
-
-
-def _committed(cfg) -> int:
-    """Sum of the ingest group's committed offsets over the topic's partitions."""
-    c = make_consumer(cfg.kafka, cfg.kafka.ingest_group)
-    try:
-        parts = c.partitions_for_topic(cfg.kafka.topic_events) or set()
-        total = 0
-        for p in parts:
-            off = c.committed(TopicPartition(cfg.kafka.topic_events, p))
-            total += off or 0
-        return total
-    finally:
-        c.close(autocommit=False)
 
 
 def test_workers_store_valid_once_and_dead_letter_malformed(make_cfg):
@@ -88,32 +66,10 @@ def test_worker_killed_mid_stream_is_replaced_and_nothing_is_lost(make_cfg):
     raw, distinct = _raw(db)
     assert distinct == n
     # A batch the dead worker had stored but not reported is written again: at most the batches in flight.
-    assert 0 <= raw - n <= _max_uncommitted(cfg, cfg.ingest.workers)
+    assert 0 <= raw - n <= max_uncommitted(cfg, cfg.ingest.workers)
 
 
-def test_clickhouse_down_under_workers_loses_nothing_and_commits_nothing_unwritten(make_cfg, local_stack):
-    cfg = make_cfg(ingest__workers=2, ingest__batch_size=50)
-    db = _setup(cfg)
-    first = [make_event(i) for i in range(100)]
-    later = [make_event(i) for i in range(100, 400)]
-    with ConsumerThread(cfg) as consumer:
-        _publish(cfg, first)
-        wait_until(lambda: _count(db) == 100, 60, what="first 100")
-        wait_until(lambda: _committed(cfg) == 100, 30, what="first 100 committed")
-        local_stack.stop_clickhouse()
-        try:
-            _publish(cfg, later)
-            wait_until(lambda: consumer.stats.write_failures >= 2, 30, what="failed writes while down")
-            # Nothing written while ClickHouse is down, so nothing more may be committed.
-            assert _committed(cfg) == 100
-        finally:
-            local_stack.start_clickhouse()
-            _stop_merges(db)
-        wait_until(lambda: _count(db) == 400, 90, what="all 400 after restart")
-        wait_until(lambda: _committed(cfg) == 400, 30, what="all committed")
-    raw, distinct = _raw(db)
-    assert distinct == 400
-    assert raw - distinct <= _max_uncommitted(cfg, cfg.ingest.workers)
+# ClickHouse down under a consumer with workers: test_ingest_e2e.py, test_clickhouse_down_under_the_consumer_loses_nothing[workers].
 
 
 def test_consume_cli_with_workers_sigkilled_then_restarted_exactly_once(make_cfg, tmp_path):
@@ -144,7 +100,7 @@ def test_consume_cli_with_workers_sigkilled_then_restarted_exactly_once(make_cfg
         assert p2.wait(60) == 0
     raw, distinct = _raw(db)
     assert distinct == n
-    assert 0 <= raw - n <= _max_uncommitted(cfg, 2)
+    assert 0 <= raw - n <= max_uncommitted(cfg, 2)
 
 
 def test_workers_setting_from_env_and_file_and_refused_when_negative(tmp_path):
