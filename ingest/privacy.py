@@ -169,7 +169,19 @@ def _mask_normalised(a: str) -> str:
 
 def _mac(key: bytes, data: bytes) -> str:
     # hmac.digest is the one-shot C path: several times cheaper than hmac.new(...).hexdigest()
-    return hmac.digest(key, data, "sha256")[: HASH_HEX_CHARS // 2].hex()
+    return _hmac_digest(key, data, "sha256")[:_HASH_BYTES].hex()
+
+
+_HASH_BYTES = HASH_HEX_CHARS // 2
+# OpenSSL's one-shot HMAC, called without hmac.digest's Python frame where the build has it.
+try:
+    from _hashlib import hmac_digest as _hmac_digest
+except ImportError:  # pragma: no cover - a Python built without OpenSSL
+    _hmac_digest = hmac.digest
+# First and last characters an address may not have in its normalised form (see _EDGES_RX and the
+# root dot): blanks and controls up to space, DEL, angle brackets; and a trailing dot.
+_EDGE_HEAD = frozenset(map(chr, range(0x21))) | {"\x7f", "<", ">"}
+_EDGE_TAIL = _EDGE_HEAD | {"."}
 
 
 def _check_key(key) -> bytes:
@@ -227,6 +239,21 @@ class AddressHasher:
     def hash_and_mask(self, addr: str) -> tuple[str, str]:
         """``(hash(addr), mask_address(addr))`` with one normalisation: the ingest hot path computes
         both for every new address of a batch."""
+        if addr.isascii() and addr.islower() and addr[0] not in _EDGE_HEAD and addr[-1] not in _EDGE_TAIL:
+            # The parser's own output (lower-case ASCII, nothing to strip): already normalised under
+            # every version, so no regex, no version dispatch and one frame for the HMAC. ~3x faster
+            # on the ingest hot path, same result (tests/test_privacy.py compares both ways).
+            h = self._cache.get(addr)
+            if h is None:
+                h = _hmac_digest(self._key, addr.encode(), "sha256")[:_HASH_BYTES].hex()
+                cache = self._cache
+                if len(cache) >= self._cache_max:
+                    cache.clear()
+                cache[addr] = h
+            at = addr.rfind("@")
+            if at < 0:
+                return h, _mask_local(addr)
+            return h, _mask_local(addr[:at]) + addr[at:]
         v1 = normalise_address(addr)
         h = self._cache.get(addr)
         if h is None:
