@@ -8,7 +8,10 @@ time. CPU per event is the processes' user+system CPU over the same interval (fr
 by the events: that is the cost a core pays per event, the figure the multi-host model in
 docs/operations.md multiplies out. The per-partition ceiling is 1 / CPU per event of the dearer of
 the two verbs (one partition is served by one process of each at a time, and one process uses at
-most one core for its Python work).
+most one core for its Python work). Over the same interval each run also reports the CPU per event of
+the stack's ClickHouse and broker (the cost on top of the verb's own, for sizing those servers) and how
+busy the machine's cores were (``cpu_busy_pct``): near 100 a second process has no core to run on, so
+its events/s say nothing about scaling out.
 
 Alert latency: k detect processes, a steady stream at ``rate`` events/s over 10 services with a
 leaking copy of a new campaign every 0.5 s (as bench/latency.py), publish -> ``open`` alert in
@@ -43,11 +46,39 @@ from mailaudit.ingest.topics import create_topics
 from mailaudit.stack import LocalStack, free_port
 
 _COUNTER = {"detect": "mailaudit_detect_events_total", "consume": "mailaudit_ingest_events_inserted_total"}
+
+
 def _cpu_s(pid: int) -> float:
     try:
         return proc_cpu(pid)[1]
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def _machine() -> tuple[int, int]:
+    """(all, idle + iowait) jiffies of the machine so far, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(f), f[3] + f[4]
+
+
+def _sample(procs, info) -> dict:
+    """CPU seconds so far of the verb's processes, the stack's ClickHouse and broker; machine jiffies."""
+    total, idle = _machine()
+    return {"procs": sum(_cpu_s(p.pid) for p, _ in procs), "clickhouse": _cpu_s(info.clickhouse_pid),
+            "broker": _cpu_s(info.kafka_pid), "total": total, "idle": idle}
+
+
+def interval_cost(a: dict, b: dict, events: float) -> dict:
+    """CPU per event over the interval between samples ``a`` and ``b`` (verb processes, ClickHouse,
+    broker) and how busy the machine's cores were, in %."""
+    if not events:
+        return dict.fromkeys(("cpu_us_per_event", "cpu_us_per_event_clickhouse", "cpu_us_per_event_broker",
+                              "cpu_busy_pct"))
+    per = lambda k: 1e6 * (b[k] - a[k]) / events     # noqa: E731
+    total = b["total"] - a["total"]
+    return {"cpu_us_per_event": per("procs"), "cpu_us_per_event_clickhouse": per("clickhouse"),
+            "cpu_us_per_event_broker": per("broker"),
+            "cpu_busy_pct": round(100.0 * (1 - (b["idle"] - a["idle"]) / total), 1) if total else None}
 
 
 def _scrape(port: int, name: str) -> float:
@@ -101,13 +132,13 @@ def backlog(info, state: Path, msgs, verb: str, k: int, timeout_s: float = 300.0
     name = _COUNTER[verb]
     t_first = t_last = None
     n_first = n_last = 0
-    cpu_first = cpu_last = 0.0
+    cpu_first = cpu_last = None
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             n = sum(_scrape(port, name) for _, port in procs)
-            cpu = sum(_cpu_s(p.pid) for p, _ in procs)
             now = time.monotonic()
+            cpu = _sample(procs, info)
             if n and t_first is None:
                 t_first, n_first, cpu_first = now, n, cpu
             if n > n_last:
@@ -120,7 +151,7 @@ def backlog(info, state: Path, msgs, verb: str, k: int, timeout_s: float = 300.0
     done = n_last - n_first
     rate = done / (t_last - t_first) if t_first and t_last and t_last > t_first else 0.0
     return {"processes": k, "events_per_s": rate, "events_timed": done,
-            "cpu_us_per_event": 1e6 * (cpu_last - cpu_first) / done if done else None,
+            **interval_cost(cpu_first, cpu_last, done),
             "loadavg_before": load, "loadavg_after": [float(x) for x in os.getloadavg()]}
 
 
@@ -203,8 +234,10 @@ def bench_scale(n: int = 40_000, runs: int = 3, rate: float = 2000.0, duration_s
         for verb in ("consume", "detect"):
             for k in (1, 2):
                 rows = [backlog(info, state, msgs, verb, k) for _ in range(runs)]
-                out[f"{verb}_{k}"] = {"events_per_s": _med(rows, "events_per_s"),
-                                      "cpu_us_per_event": _med(rows, "cpu_us_per_event"), "runs": rows}
+                out[f"{verb}_{k}"] = {key: _med(rows, key) for key in (
+                    "events_per_s", "cpu_us_per_event", "cpu_us_per_event_clickhouse", "cpu_us_per_event_broker",
+                    "cpu_busy_pct")}
+                out[f"{verb}_{k}"]["runs"] = rows
         for k in (1, 2):
             rows = [alert_latency(info, state, k, rate, duration_s) for _ in range(runs)]
             out[f"alert_latency_detect_{k}"] = {"rate": rate, "p50_ms": _med(rows, "p50_ms"),

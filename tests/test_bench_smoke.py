@@ -82,3 +82,47 @@ def test_bench_parser_and_backtest_tiny():
     b = bench_backtest(duration_s=120.0, rate=20.0, runs=2)
     assert len(b["events_per_s_runs"]) == 2 and _positive(b["events_per_s"]) and b["alerts"] > 0
     assert b["identical_output_across_runs"] and len(b["loadavg_before_runs"]) == 2
+
+
+def test_bench_scale_interval_cost():
+    """CPU per event is the CPU between the two samples over the events timed between them; busy % is
+    the machine's non-idle share of the jiffies between them."""
+    from mailaudit.bench.scale import interval_cost
+
+    a = {"procs": 1.0, "clickhouse": 2.0, "broker": 0.5, "total": 1000, "idle": 400}
+    b = {"procs": 1.5, "clickhouse": 2.1, "broker": 0.5, "total": 1200, "idle": 420}
+    assert interval_cost(a, b, 1000) == {"cpu_us_per_event": 500.0, "cpu_us_per_event_clickhouse": pytest.approx(100.0),
+                                         "cpu_us_per_event_broker": 0.0, "cpu_busy_pct": 90.0}
+    assert set(interval_cost(a, b, 0).values()) == {None}         # nothing timed: no figure, not a 0
+
+
+@pytest.mark.servers
+def test_bench_scale_tiny(stack):
+    from mailaudit.bench.scale import bench_scale
+
+    # 12,000 events: a consume batch is 5,000 rows and the clock starts at the first one written.
+    out = bench_scale(n=12_000, runs=1, rate=300.0, duration_s=4.0, info=stack)
+    assert out["events"] == 12_000 and out["partitions"] == 4 and out["services"] > 4
+    for verb in ("consume", "detect"):
+        for k in (1, 2):
+            fig = out[f"{verb}_{k}"]
+            assert len(fig["runs"]) == 1, (verb, k)                  # every run attempted is reported
+            run = fig["runs"][0]
+            assert run["processes"] == k and 0 < run["events_timed"] <= 12_000 * 1.1, run
+            assert _positive(run["events_per_s"]) and _positive(run["cpu_us_per_event"]), run
+            assert run["cpu_us_per_event_clickhouse"] >= 0 and run["cpu_us_per_event_broker"] >= 0, run
+            assert 0 < run["cpu_busy_pct"] <= 100, run
+            assert _load(run["loadavg_before"]) and _load(run["loadavg_after"])
+            assert fig["cpu_us_per_event"] == run["cpu_us_per_event"]   # the median of one run is that run
+    assert _positive(out["consume_1"]["cpu_us_per_event_clickhouse"])   # consume's rows are inserted
+    for k in (1, 2):
+        lat = out[f"alert_latency_detect_{k}"]
+        (run,) = lat["runs"]
+        assert run["processes"] == k and run["leaks"] >= 5 and run["alerted"] == run["leaks"], run
+        assert 0.8 * 300 <= run["rate_achieved"] <= 1.2 * 300, run
+        # the stream starts after its encoding: no overdue seconds sent as a burst
+        assert run["late_start_s"] <= 0.2, run
+        assert 0 < run["p50_ms"] <= run["p99_ms"] == lat["p99_ms"], run
+        assert _load(run["loadavg_before"]) and _load(run["loadavg_after"])
+    worst = max(out["consume_1"]["cpu_us_per_event"], out["detect_1"]["cpu_us_per_event"])
+    assert out["per_partition_ceiling_msgs_per_s"] == round(1e6 / worst)
