@@ -14,6 +14,8 @@ shared and noisy: every run is listed with the load average around it, and the f
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import statistics
@@ -28,6 +30,7 @@ from kafka import TopicPartition
 from mailaudit.config import Config
 from mailaudit.ingest.batch import Batch
 from mailaudit.ingest.clickhouse import Database
+from mailaudit.ingest.consumer import GC_THRESHOLDS
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
 from mailaudit.ingest.privacy import AddressHasher
 from mailaudit.ingest.schema import migrate
@@ -81,6 +84,27 @@ def raw_consume(cfg: Config, n: int, batch_size: int) -> float:
     ``batch_size`` records: from the first record received to the last commit."""
     c = make_consumer(cfg.kafka, cfg.kafka.ingest_group + ".bare", [cfg.kafka.topic_events],
                       max_poll_records=cfg.kafka.max_poll_records)
+    old_gc = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)     # as `mailaudit consume` runs its loop
+    try:
+        return _raw_consume(c, n, batch_size, cfg)
+    finally:
+        gc.set_threshold(*old_gc)
+        c.close(autocommit=False)
+
+
+@contextlib.contextmanager
+def _no_gc():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _raw_consume(c, n: int, batch_size: int, cfg: Config) -> float:
     got = since_commit = 0
     t0 = t_end = None
     deadline = time.monotonic() + 300
@@ -95,7 +119,6 @@ def raw_consume(cfg: Config, n: int, batch_size: int) -> float:
             c.commit()
             t_end = time.perf_counter()
             since_commit = 0
-    c.close(autocommit=False)
     return got / (t_end - t0) if t0 is not None and t_end and t_end > t0 else 0.0
 
 
@@ -122,7 +145,8 @@ def raw_insert(cfg: Config, msgs, batch_size: int) -> float:
         batches.append(b.rows)
     t0 = time.perf_counter()
     for rows in batches:
-        insert_events(db, rows)          # events, then the address index: what the consumer writes
+        with _no_gc():                   # as an ingest worker inserts (ingest.pool._build_and_insert)
+            insert_events(db, rows)      # events, then the address index: what the consumer writes
     dt = time.perf_counter() - t0
     db.client.execute(f"DROP DATABASE {db.name}")
     return len(msgs) / dt

@@ -181,3 +181,34 @@ def test_batches_in_flight_on_a_dead_worker_fail_and_the_pool_is_replaced(make_c
         assert pool.run(records[:100])[0] == 100      # the new pool works
     finally:
         pool.close()
+
+
+def test_worker_batch_runs_without_cyclic_gc_and_restores_it(make_cfg, monkeypatch):
+    """A worker holds the collector off while it builds and sends a batch (everything is alive until
+    the insert returns) and must hand it back afterwards, on failure too, or a long-running worker
+    would never collect garbage cycles at all. Run in this process against the real server."""
+    import gc
+
+    from mailaudit.ingest import pool, writer
+
+    cfg = make_cfg()
+    db = _setup(cfg)
+    records = [("t", 0, i, 0, None, make_event(i).encode()) for i in range(50)] + [("t", 0, 50, 0, None, b"{")]
+    during = []
+    real_insert = writer.insert_events
+
+    def insert(db_, rows):
+        during.append(gc.isenabled())
+        return real_insert(db_, rows)
+
+    monkeypatch.setattr(writer, "insert_events", insert)
+    monkeypatch.setattr(pool, "_worker", pool._Worker(cfg, db.capabilities.datetime64))
+    n, rejected = pool._build_and_insert(records)
+    assert (n, [r.reason for r in rejected]) == (50, ["invalid_json"])
+    assert during == [False], "the collector was on while the batch was sent"
+    assert gc.isenabled(), "the collector stayed off after the batch"
+    assert _count(db) == 50
+    pool._worker.db = type(db)(make_cfg(clickhouse__url="clickhouse://default:@127.0.0.1:1/x").clickhouse)
+    with pytest.raises(pool.WorkerWriteFailed):
+        pool._build_and_insert(records)
+    assert during == [False, False] and gc.isenabled(), "a failed batch left the collector off"
