@@ -1,10 +1,17 @@
 """Scale-out figures: 1 and 2 `consume` and `detect` processes in one group on 4 partitions.
 
-Backlog throughput: ``n`` events are published first, then k processes of one verb start together;
-each serves Prometheus ``/metrics`` and the bench scrapes the event counters (detect:
-``mailaudit_detect_events_total``, consume: ``mailaudit_ingest_events_inserted_total``). events/s is
-timed from the first event counted (group joined) to the last, counting only what was done in that
-time. CPU per event is the processes' user+system CPU over the same interval (from /proc), divided
+Backlog throughput: ``n`` events are published first, followed by ``n / 2`` more that are never
+waited for, then k processes of one verb start together; each serves Prometheus ``/metrics`` and the
+bench scrapes the event counters (detect: ``mailaudit_detect_events_total``, consume:
+``mailaudit_ingest_events_inserted_total``). events/s is timed from the first event counted (group
+joined) to the first sample counting ``n`` or more, counting only what was done in that time. The
+events behind the timed ones keep every batch full up to there: without them a consumer's last,
+partial batch waits out ``ingest.batch_time_s`` (1 s) for input that never comes, an idle second
+inside the interval of some runs and not others (40,000 events are 8 whole batches for one process;
+two processes each end on a remainder). ``busiest_share`` is the share of the events counted that the
+busiest process did: one service is one partition, so partitions, and the processes holding them,
+are unevenly loaded (the simulator's newsletter service sends over half the mail). CPU per event is
+the processes' user+system CPU over the same interval (from /proc), divided
 by the events: that is the cost a core pays per event, the figure the multi-host model in
 docs/operations.md multiplies out. The per-partition ceiling is 1 / CPU per event of the dearer of
 the two verbs (one partition is served by one process of each at a time, and one process uses at
@@ -124,25 +131,31 @@ def _stop(procs) -> None:
             p.kill()
 
 
-def backlog(info, state: Path, msgs, verb: str, k: int, timeout_s: float = 300.0) -> dict:
+def backlog(info, state: Path, msgs, verb: str, k: int, tail=(), timeout_s: float = 300.0,
+            batch_time_s: float | None = None) -> dict:
+    """``msgs`` timed, ``tail`` published behind them and not waited for (see the module docstring)."""
     cfg = _setup(info, state)
-    _publish(cfg, msgs)
+    if batch_time_s is not None:
+        cfg.ingest.batch_time_s = batch_time_s
+    _publish(cfg, [*msgs, *tail])
     load = [float(x) for x in os.getloadavg()]
     procs = _start(cfg, state, verb, k)
     name = _COUNTER[verb]
     t_first = t_last = None
     n_first = n_last = 0
     cpu_first = cpu_last = None
+    per_proc: list[float] = []
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            n = sum(_scrape(port, name) for _, port in procs)
+            counts = [_scrape(port, name) for _, port in procs]
+            n = sum(counts)
             now = time.monotonic()
             cpu = _sample(procs, info)
             if n and t_first is None:
                 t_first, n_first, cpu_first = now, n, cpu
             if n > n_last:
-                t_last, n_last, cpu_last = now, n, cpu
+                t_last, n_last, cpu_last, per_proc = now, n, cpu, counts
             if n >= len(msgs):
                 break
             time.sleep(0.05)
@@ -150,7 +163,9 @@ def backlog(info, state: Path, msgs, verb: str, k: int, timeout_s: float = 300.0
         _stop(procs)
     done = n_last - n_first
     rate = done / (t_last - t_first) if t_first and t_last and t_last > t_first else 0.0
-    return {"processes": k, "events_per_s": rate, "events_timed": done,
+    return {"processes": k, "events_per_s": rate, "events_timed": done, "published": len(msgs) + len(tail),
+            "timed_s": t_last - t_first if done else None,
+            "busiest_share": round(max(per_proc) / n_last, 3) if n_last else None,
             **interval_cost(cpu_first, cpu_last, done),
             "loadavg_before": load, "loadavg_after": [float(x) for x in os.getloadavg()]}
 
@@ -229,14 +244,14 @@ def bench_scale(n: int = 40_000, runs: int = 3, rate: float = 2000.0, duration_s
         info = stack.up()
     out: dict = {"events": n, "runs": runs, "partitions": 4}
     try:
-        msgs = _events(n, seed=9)
+        msgs, tail = _events(n, seed=9), _events(n // 2, seed=10)
         out["services"] = len({key for key, _ in msgs})
         for verb in ("consume", "detect"):
             for k in (1, 2):
-                rows = [backlog(info, state, msgs, verb, k) for _ in range(runs)]
+                rows = [backlog(info, state, msgs, verb, k, tail=tail) for _ in range(runs)]
                 out[f"{verb}_{k}"] = {key: _med(rows, key) for key in (
                     "events_per_s", "cpu_us_per_event", "cpu_us_per_event_clickhouse", "cpu_us_per_event_broker",
-                    "cpu_busy_pct")}
+                    "cpu_busy_pct", "busiest_share")}
                 out[f"{verb}_{k}"]["runs"] = rows
         for k in (1, 2):
             rows = [alert_latency(info, state, k, rate, duration_s) for _ in range(runs)]

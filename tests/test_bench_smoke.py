@@ -109,6 +109,8 @@ def test_bench_scale_tiny(stack):
             assert len(fig["runs"]) == 1, (verb, k)                  # every run attempted is reported
             run = fig["runs"][0]
             assert run["processes"] == k and 0 < run["events_timed"] <= 12_000 * 1.1, run
+            assert run["published"] == 18_000 and run["timed_s"] > 0, run       # 6,000 untimed behind them
+            assert 1 / k <= run["busiest_share"] <= 1 and (k == 2 or run["busiest_share"] == 1), run
             assert _positive(run["events_per_s"]) and _positive(run["cpu_us_per_event"]), run
             assert run["cpu_us_per_event_clickhouse"] >= 0 and run["cpu_us_per_event_broker"] >= 0, run
             assert 0 < run["cpu_busy_pct"] <= 100, run
@@ -126,3 +128,17 @@ def test_bench_scale_tiny(stack):
         assert _load(run["loadavg_before"]) and _load(run["loadavg_after"])
     worst = max(out["consume_1"]["cpu_us_per_event"], out["detect_1"]["cpu_us_per_event"])
     assert out["per_partition_ceiling_msgs_per_s"] == round(1e6 / worst)
+
+
+@pytest.mark.servers
+def test_bench_scale_clock_stops_before_a_batch_timer(stack, tmp_path):
+    """12,000 events are 2 batches of 5,000 and 2,000 over: with nothing behind them the last 2,000
+    would wait out the batch timer (30 s here) inside the timed interval; the untimed events published
+    behind them make that batch a full one like the others."""
+    from mailaudit.bench.ingest import _events
+    from mailaudit.bench.scale import backlog
+
+    run = backlog(stack, tmp_path, _events(12_000, seed=9), "consume", 1, tail=_events(6_000, seed=10),
+                  batch_time_s=30.0)
+    assert run["published"] == 18_000 and run["events_timed"] >= 7_000 and run["busiest_share"] == 1, run
+    assert run["timed_s"] < 15, run
