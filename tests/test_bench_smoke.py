@@ -108,8 +108,10 @@ def test_bench_scale_tiny(stack):
             fig = out[f"{verb}_{k}"]
             assert len(fig["runs"]) == 1, (verb, k)                  # every run attempted is reported
             run = fig["runs"][0]
-            assert run["processes"] == k and 0 < run["events_timed"] <= 12_000 * 1.1, run
-            assert run["published"] == 18_000 and run["timed_s"] > 0, run       # 6,000 untimed behind them
+            # 6,000 untimed events behind the 12,000: the clock stops at the first sample counting 12,000,
+            # by when a batch or two of those may be counted too (never all, nor much twice)
+            assert run["published"] == 18_000 and run["timed_s"] > 0, run
+            assert run["processes"] == k and 0 < run["events_timed"] <= 18_000 * 1.05, run
             assert 1 / k <= run["busiest_share"] <= 1 and (k == 2 or run["busiest_share"] == 1), run
             assert _positive(run["events_per_s"]) and _positive(run["cpu_us_per_event"]), run
             assert run["cpu_us_per_event_clickhouse"] >= 0 and run["cpu_us_per_event_broker"] >= 0, run
