@@ -91,7 +91,7 @@ class Checkpoint:
     topic: str
     partition: int
     position: int
-    state: dict[str, Any]                     # engine.state_dict() (a resolved engine.snapshot())
+    state: dict[str, Any]                     # engine.state_dict()
     outbox: list[dict[str, Any]] = field(default_factory=list)
     writer: str = ""
 

@@ -43,7 +43,6 @@ from mailaudit.detect.containment import ContainmentPolicy
 from mailaudit.detect.engine import DetectionEngine
 from mailaudit.detect.outbox import Outbox
 from mailaudit.detect.partitions import PartitionedEngine
-from mailaudit.detect.state import Snapshot
 from mailaudit.detect.sinks import ClickHouseSink, KafkaSink, SinkWorker, WebhookSink
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.consumer import GC_THRESHOLDS
@@ -91,16 +90,7 @@ class _Flight:
 
     def run(self, store: CheckpointStore) -> None:
         try:
-            cps = []
-            for cp in self.cps:
-                if isinstance(cp.state, Snapshot):
-                    try:
-                        cp.state = cp.state.resolve()
-                    except Exception:  # noqa: BLE001 - as on the loop: the previous checkpoint stays valid
-                        log.exception("partition %s/%d: state not checkpointed", cp.topic, cp.partition)
-                        continue            # (not stored: its partition stays dirty, retried next time)
-                cps.append(cp)
-            self.saved, self.shared = store.save(cps)
+            self.saved, self.shared = store.save(self.cps)
         except BaseException as e:  # noqa: BLE001 - re-raised on the poll loop
             self.error = e
 
@@ -277,15 +267,12 @@ class DetectConsumer:
         """Snapshot on the poll loop, store on a thread of its own.
 
         The snapshot is what must be consistent: each partition's position, its engine state and its
-        undelivered outbox records, all taken here between two events. The engine's ``snapshot``
-        builds new containers all the way down (``detect.state.encode``: immutable leaves only are
-        shared), except for its largest parts (the sibling index and queue, the waiting copies), which
-        it captures by shallow copies of what the engine never changes in place (copy-on-write), and
-        which the thread encodes (``Snapshot.resolve``); the outbox records are read back from disk. So
-        nothing the loop does next can change the snapshot. Encoding it (JSON, zlib), the local file
-        and the ClickHouse insert run on the checkpoint thread: measured at 5,000 events/s, they were
-        ~60 % of a checkpoint's 0.2-0.5 s pause of the loop; the eager ``state_dict`` was most of the
-        rest (0.15-0.33 s after a few minutes of traffic). The offsets are committed by the loop (the consumer is not thread-safe) once the thread
+        undelivered outbox records, all taken here between two events. ``state_dict`` builds new
+        containers all the way down (``detect.state.encode``: immutable leaves only are shared) and the
+        outbox records are read back from disk, so nothing the loop does next can change the snapshot.
+        Encoding it (JSON, zlib), the local file and the ClickHouse insert run on the checkpoint
+        thread: measured at 5,000 events/s, they were ~60 % of a checkpoint's 0.2-0.5 s pause of the
+        loop. The offsets are committed by the loop (the consumer is not thread-safe) once the thread
         is done and ClickHouse took the checkpoints (``_finish_checkpoint``)."""
         self._last_commit = time.monotonic()
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
@@ -300,7 +287,7 @@ class DetectConsumer:
         cps = []
         for k in todo:
             try:
-                cps.append(Checkpoint(k[0], k[1], self._positions[k], self.engine.snapshot(k),
+                cps.append(Checkpoint(k[0], k[1], self._positions[k], self.engine.state_dict(k),
                                       undelivered.get(k, [])))
             except Exception:  # noqa: BLE001 - the previous checkpoint stays valid: never crash on it
                 log.exception("partition %s/%d: state not checkpointed", *k)

@@ -90,8 +90,7 @@ class _Meta:
 
 @dataclass(slots=True)
 class _Pending:
-    """A copy with a few strangers, waiting for sibling submissions of its Message-ID. Never changed once
-    made (a longer wait is a new one): a checkpoint snapshot may share it."""
+    """A copy with a few strangers, waiting for sibling submissions of its Message-ID."""
 
     deadline_ms: int
     seq: int
@@ -139,19 +138,14 @@ class _Series:
 
 
 class _Service:
-    # Copy-on-write mark of the sibling index (not state): each checkpoint snapshot shares the entries
-    # that exist when it is taken and raises the mark; an entry of an older mark is copied before it is
-    # changed (``_index_sibling``), so the snapshot can be encoded later, on another thread.
-    sib_epoch = 0
-
     def __init__(self, name: str, cfg: DetectConfig, spike_factory):
         self.name = name
         self.max_seen_ms = _NEVER
         self.watermark_ms = _NEVER
         self.clock_ms = _NEVER
-        self.siblings: dict[str, list] = {}             # message_id -> [envelope ids, expiry_ms, sib_epoch]
+        self.siblings: dict[str, list] = {}             # message_id -> [envelope ids, expiry_ms]
         self.sibling_q: deque[tuple[int, str]] = deque()
-        self.pending: list[_Pending] = []               # heap by deadline (replaced, never changed)
+        self.pending: list[_Pending] = []               # heap by deadline
         self.repeat: OrderedDict[tuple[str, str], list] = OrderedDict()  # (campaign, fp) -> [message ids, expiry]
         self.volume: _Series | None = None
         self.keyed: OrderedDict[str, _Series] = OrderedDict()
@@ -288,20 +282,6 @@ class DetectionEngine:
         ids are keyed) and no config (``load_state`` re-binds the current rules). Pending exposure rows
         are not included — drain them first. The address cache is a cache and is not stored.
         """
-        return self._doc(None)
-
-    def snapshot(self):
-        """``state_dict()`` in two steps (a ``detect.state.Snapshot``): taken now, between two events,
-        at a fraction of the cost (the sibling index, its queue and the waiting copies are captured by
-        shallow copies), encoded by ``resolve()`` later and on any thread, with the same result."""
-        from mailaudit.detect import state as st
-
-        for svc in self.services.values():
-            svc.sib_epoch += 1                          # every entry now is shared with this snapshot
-        later: list = []
-        return st.Snapshot(self._doc(later), later)
-
-    def _doc(self, later: list | None) -> dict[str, Any]:
         from mailaudit.detect import state as st
 
         for svc in self.services.values():             # the factory's class is ours, never the state's
@@ -313,8 +293,8 @@ class DetectionEngine:
             "format": STATE_FORMAT,
             "stats": dict(self.stats),
             "seq": self._seq,
-            "services": {name: st.encode(svc, later) for name, svc in self.services.items()},
-            "incidents": st.encode(self.incidents.open, later),
+            "services": {name: st.encode(svc) for name, svc in self.services.items()},
+            "incidents": st.encode(self.incidents.open),
         }
 
     def load_state(self, d: dict[str, Any]) -> None:
@@ -377,16 +357,13 @@ class DetectionEngine:
         view = self._view(svc, ps)
         fp = view.fingerprint if view is not None else fingerprint_ids(ident(a) for a in ps.visible)
         self._last_fp = (ps, fp)
-        epoch = svc.sib_epoch
         for key in (ps.event.message_id, _FP + fp):
             entry = svc.siblings.get(key)
             if entry is None:
                 if len(svc.siblings) >= _MAX_SIBLINGS:
                     svc.siblings.pop(next(iter(svc.siblings)))
-                svc.siblings[key] = [set(ids), exp, epoch]
+                svc.siblings[key] = [set(ids), exp]
             else:
-                if len(entry) < 3 or entry[2] != epoch:     # a checkpoint snapshot may share it: copy
-                    entry = svc.siblings[key] = [set(entry[0]), entry[1], epoch]
                 entry[0].update(ids)
                 if exp > entry[1]:
                     entry[1] = exp
@@ -497,10 +474,9 @@ class DetectionEngine:
         if p.own_only and not p.extended and svc.rules.role_learn_copies:
             # Only the service's own-domain addresses are left, not yet learned as its role addresses:
             # give the campaign the slip window to show them to more recipients before judging.
-            # (a new one: a checkpoint snapshot may share the waiting copies)
-            heapq.heappush(svc.pending, replace(
-                p, extended=True,
-                deadline_ms=p.meta.sent_at_ms + max(svc.wait_ms, int(svc.rules.slip_window_s * 1000))))
+            p.extended = True
+            p.deadline_ms = p.meta.sent_at_ms + max(svc.wait_ms, int(svc.rules.slip_window_s * 1000))
+            heapq.heappush(svc.pending, p)
             return
         self.stats["waits_fired"] += 1
         ev = dict(_evidence_base(p.sig, svc))
@@ -916,7 +892,7 @@ def _register_state_classes() -> None:
     """The classes a checkpoint may rebuild (``detect.state`` refuses every other one)."""
     from mailaudit.detect import incidents, signals, spikes, state
 
-    state.register(_Service, skip=("rules", "spikes", "bucket_ms", "wait_ms", "keep_ms", "sib_epoch"))
+    state.register(_Service, skip=("rules", "spikes", "bucket_ms", "wait_ms", "keep_ms"))
     for cls in (OrgModel, SlipTracker):
         state.register(cls)
     for cls in (_Pending, _Bucket, _Series, _Meta, AddrInfo, signals.Signals, incidents.Incident,

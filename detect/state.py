@@ -102,11 +102,10 @@ def _state_name(t: type) -> str | None:
 
 
 def _enc_siblings(d: Any) -> Any:
-    """message id -> [set of address ids, expiry(, copy-on-write mark)]: tens of thousands of entries per
-    busy service, so columns instead of one tagged object per entry (about 10x faster than the generic
-    form). The engine's mark (a third item) is not state: it is not stored."""
-    if type(d) is not dict or not all(type(v) is list and 2 <= len(v) <= 3 and type(v[0]) is set
-                                       and type(v[1]) is int and type(k) is str for k, v in d.items()):
+    """message id -> [set of address ids, expiry]: tens of thousands of entries per busy service, so
+    columns instead of one tagged object per entry (about 10x faster than the generic form)."""
+    if type(d) is not dict or not all(type(v) is list and len(v) == 2 and type(v[0]) is set and type(v[1]) is int
+                                       and type(k) is str for k, v in d.items()):
         return encode(d)
     vals = d.values()
     return {"$sib": [list(d), [list(v[0]) for v in vals], [v[1] for v in vals]]}
@@ -119,47 +118,8 @@ def _enc_queue(q: Any) -> Any:
     return {"$sq": [[x[0] for x in q], [x[1] for x in q]], "n": q.maxlen}
 
 
-def _cap_dict(d: Any) -> Any:
-    return dict(d) if type(d) is dict else None
-
-
-def _cap_queue(q: Any) -> Any:
-    return deque(q, q.maxlen) if type(q) is deque else None
-
-
-def _cap_list(v: Any) -> Any:
-    return list(v) if type(v) is list else None
-
-
-# The few attributes that dominate a checkpoint's size: (class state name, attribute) -> (fast form,
-# capture). ``encode(v, later)`` (a ``Snapshot``) only captures them: a shallow copy, which is all it
-# takes because their owner never changes in place what such a copy shares (the sibling index copies an
-# entry before changing it once a snapshot may hold it; the queue holds tuples; a waiting copy is
-# replaced, never changed: engine.py). ``None`` from a capture: not of that shape, encoded at once.
-_CODECS = {("engine._Service", "siblings"): (_enc_siblings, _cap_dict),
-           ("engine._Service", "sibling_q"): (_enc_queue, _cap_queue),
-           ("engine._Service", "pending"): (lambda v: encode(v), _cap_list)}
-
-
-class Snapshot:
-    """A state document taken in two steps: ``encode(v, later)`` on the thread that owns ``v`` builds it
-    but only captures the ``_CODECS`` attributes (C-speed shallow copies); ``resolve()``, on any thread,
-    encodes those copies into their places and returns the document: the same document ``encode(v)``
-    would have given at capture time. The detector snapshots on its poll loop and resolves on its
-    checkpoint thread: at 5,000 events/s the eager form paused the loop 0.15-0.33 s every 10 s, most of
-    it the sibling index, and its hundreds of thousands of fresh containers fed the garbage collector."""
-
-    __slots__ = ("doc", "_later")
-
-    def __init__(self, doc: Any, later: list):
-        self.doc = doc
-        self._later = later
-
-    def resolve(self) -> Any:
-        later, self._later = self._later, []
-        for holder, key, fast, captured in later:
-            holder[key] = fast(captured)
-        return self.doc
+# Fast forms for the few attributes that dominate a checkpoint's size: (class state name, attribute).
+_CODECS = {("engine._Service", "siblings"): _enc_siblings, ("engine._Service", "sibling_q"): _enc_queue}
 
 
 def _attr_names(obj: Any) -> list[str]:
@@ -173,52 +133,43 @@ def _attr_names(obj: Any) -> list[str]:
     return names
 
 
-def encode(v: Any, later: list | None = None) -> Any:
-    """A JSON-serialisable value for ``v`` (see the module docstring). ``later``: capture the
-    ``_CODECS`` attributes only, for ``Snapshot(doc, later).resolve()`` to encode."""
+def encode(v: Any) -> Any:
+    """A JSON-serialisable value for ``v`` (see the module docstring)."""
     t = type(v)
     if v is None or t is bool or t is int or t is float or t is str:
         return v
     if t is list:
-        return [encode(x, later) for x in v]
+        return [encode(x) for x in v]
     name = _state_name(t)
     if name is not None:
         if hasattr(v, "to_state") and hasattr(t, "from_state"):
-            return {"$c": name, "s": encode(v.to_state(), later)}
+            return {"$c": name, "s": encode(v.to_state())}
         if isinstance(v, tuple):                       # NamedTuple
-            return {"$c": name, "t": [encode(x, later) for x in v]}
+            return {"$c": name, "t": [encode(x) for x in v]}
         skip = _SKIP.get(t, frozenset())
         attrs = {}
         for a in _attr_names(v):
             if a in skip or not hasattr(v, a):
                 continue
             codec = _CODECS.get((name, a))
-            if codec is None:
-                attrs[a] = encode(getattr(v, a), later)
-                continue
-            captured = codec[1](getattr(v, a)) if later is not None else None
-            if captured is None:
-                attrs[a] = codec[0](getattr(v, a))
-            else:
-                attrs[a] = None                        # (its place, so the key order is the same)
-                later.append((attrs, a, codec[0], captured))
+            attrs[a] = codec(getattr(v, a)) if codec is not None else encode(getattr(v, a))
         return {"$c": name, "a": attrs}
     if t is tuple:
-        return {"$t": [encode(x, later) for x in v]}
+        return {"$t": [encode(x) for x in v]}
     if t is set:
-        return {"$s": [encode(x, later) for x in v]}
+        return {"$s": [encode(x) for x in v]}
     if t is frozenset:
-        return {"$f": [encode(x, later) for x in v]}
+        return {"$f": [encode(x) for x in v]}
     if t is deque:
-        return {"$q": [encode(x, later) for x in v], "n": v.maxlen}
+        return {"$q": [encode(x) for x in v], "n": v.maxlen}
     if t is bytes or t is bytearray:
         return {"$b": base64.b64encode(bytes(v)).decode("ascii"), "m": t is bytearray}
     if t is OrderedDict:
-        return {"$o": [[encode(k, later), encode(x, later)] for k, x in v.items()]}
+        return {"$o": [[encode(k), encode(x)] for k, x in v.items()]}
     if t is dict:
         if all(type(k) is str and not k.startswith("$") for k in v):
-            return {k: encode(x, later) for k, x in v.items()}
-        return {"$d": [[encode(k, later), encode(x, later)] for k, x in v.items()]}
+            return {k: encode(x) for k, x in v.items()}
+        return {"$d": [[encode(k), encode(x)] for k, x in v.items()]}
     raise TypeError(f"cannot store a {t.__module__}.{t.__qualname__} in detection state (not registered)")
 
 
