@@ -1,7 +1,7 @@
 """Parsed events → columns of the ``events`` table, privacy applied.
 
-This is the hot path of ingest. It appends to plain Python lists per column (one columnar insert per
-batch), and hashes/masks through per-batch dictionaries so an address that appears in many events of
+This is the hot path of ingest. It keeps one tuple per event and turns them into columns once per batch
+(one columnar insert per batch), and hashes/masks through per-batch dictionaries so an address that appears in many events of
 a batch (a sender, a leaked To list) costs one HMAC, not one per occurrence.
 """
 
@@ -111,7 +111,7 @@ class EventRows:
                 subject_hash = self._subjects[subj] = hash_text(self._key, subj)
         else:
             subject_hash = ""
-        self._rows.append((
+        self._rows.append((                  # in EVENT_COLUMNS order
             event_id, sent_at, ms, self.now, e.service, e.campaign or "", e.template or "", e.message_id,
             self.key_id, from_hash, from_domain, from_masked,
             th, td, tm, ch, cd, cm,
