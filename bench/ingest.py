@@ -196,9 +196,15 @@ def _cpu_snapshot(consumer) -> dict:
                 out["clickhouse"] += cpu
             elif comm.startswith("tansu"):
                 out["broker"] += cpu
-    stat = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    out["_total"], out["_idle"] = sum(stat), stat[3] + stat[4]
+    out["_total"], out["_idle"] = machine_jiffies()
     return out
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(all, idle + iowait) jiffies of the machine so far, from /proc/stat: how busy the cores were
+    over an interval, i.e. whether a figure was measured with a core to spare."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(f), f[3] + f[4]
 
 
 def _cpu_per_event(a: dict, b: dict, n: int) -> dict:

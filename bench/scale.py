@@ -44,7 +44,7 @@ import uuid
 from pathlib import Path
 
 from mailaudit import tomlw
-from mailaudit.bench.ingest import _bench_cfg, _events, _publish, proc_cpu
+from mailaudit.bench.ingest import _bench_cfg, _events, _publish, machine_jiffies, proc_cpu
 from mailaudit.bench.latency import AlertWatcher, _leak, _pct, encoded_stream
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.kafka_io import make_producer
@@ -62,15 +62,9 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
-def _machine() -> tuple[int, int]:
-    """(all, idle + iowait) jiffies of the machine so far, from /proc/stat."""
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(f), f[3] + f[4]
-
-
 def _sample(procs, info) -> dict:
     """CPU seconds so far of the verb's processes, the stack's ClickHouse and broker; machine jiffies."""
-    total, idle = _machine()
+    total, idle = machine_jiffies()
     return {"procs": sum(_cpu_s(p.pid) for p, _ in procs), "clickhouse": _cpu_s(info.clickhouse_pid),
             "broker": _cpu_s(info.kafka_pid), "total": total, "idle": idle}
 
