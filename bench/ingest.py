@@ -14,7 +14,6 @@ shared and noisy: every run is listed with the load average around it, and the f
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
@@ -32,6 +31,7 @@ from mailaudit.ingest.batch import Batch
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.consumer import GC_THRESHOLDS
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
+from mailaudit.ingest.pool import paused_gc
 from mailaudit.ingest.privacy import AddressHasher
 from mailaudit.ingest.schema import migrate
 from mailaudit.ingest.simulator import Simulator
@@ -93,17 +93,6 @@ def raw_consume(cfg: Config, n: int, batch_size: int) -> float:
         c.close(autocommit=False)
 
 
-@contextlib.contextmanager
-def _no_gc():
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _raw_consume(c, n: int, batch_size: int, cfg: Config) -> float:
     got = since_commit = 0
     t0 = t_end = None
@@ -145,7 +134,7 @@ def raw_insert(cfg: Config, msgs, batch_size: int) -> float:
         batches.append(b.rows)
     t0 = time.perf_counter()
     for rows in batches:
-        with _no_gc():                   # as an ingest worker inserts (ingest.pool._build_and_insert)
+        with paused_gc():                # as an ingest worker inserts (ingest.pool._build_and_insert)
             insert_events(db, rows)      # events, then the address index: what the consumer writes
     dt = time.perf_counter() - t0
     db.client.execute(f"DROP DATABASE {db.name}")

@@ -137,8 +137,7 @@ def _build_and_insert(records: list[tuple]) -> tuple[int, list[Rejected]]:
     # the insert returned (the collector could only re-scan it, ~7 % of a worker's time), and is freed
     # by reference counting when this returns. Re-enabled with the batch gone, so only garbage that
     # outlives a batch is ever counted towards a collection.
-    gc.disable()
-    try:
+    with paused_gc():
         batch = Batch(w.cfg, w.hasher, datetime64=w.datetime64)
         for r in records:
             batch.submit(*r)
@@ -150,9 +149,19 @@ def _build_and_insert(records: list[tuple]) -> tuple[int, list[Rejected]]:
             raise WorkerWriteFailed(f"{type(e).__name__}: {first}") from None
         n, rejected = len(batch.rows), batch.rejected
         del batch
-        return n, rejected
+    return n, rejected
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """The cyclic collector off for the block, then back as it was (also when the block raises)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
-        gc.enable()
+        if enabled:
+            gc.enable()
 
 
 @contextlib.contextmanager
