@@ -36,6 +36,12 @@ class Batch:
         self.count += 1
         self.offsets[(topic, partition)] = offset
         self.first_offsets.setdefault((topic, partition), offset)
+        self.add_record(topic, partition, offset, timestamp_ms, key, value)
+
+    def add_record(self, topic: str, partition: int, offset: int, timestamp_ms: int, key: bytes | None,
+                   value: bytes | None) -> None:
+        """A record's row (or its rejection), without the offset bookkeeping: a worker process builds
+        rows of records whose offsets the consumer's loop tracks (``ingest.pool``)."""
         if value is None:
             self._reject(topic, partition, offset, timestamp_ms, key, b"", "empty", "message has no value")
             return

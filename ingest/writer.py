@@ -54,7 +54,7 @@ class BatchWriter:
     def write(self, batch) -> None:
         """Raises on any failure; safe to call again with the same batch."""
         if self.pool is not None:
-            batch.n_rows, batch.rejected = self.pool.run(batch.records)
+            batch.n_rows, batch.rejected = self.pool.run(batch.segments)
         else:
             insert_events(self.db, batch.rows)
         if batch.rejected:

@@ -158,7 +158,9 @@ def test_batches_in_flight_on_a_dead_worker_fail_and_the_pool_is_replaced(make_c
     pool = BuildPool(cfg, False, 1)
     try:
         old = list(pool._pool._processes)
-        records = [(cfg.kafka.topic_events, 0, i, 0, b"k", make_event(i).encode()) for i in range(60000)]
+        n = 60000
+        records = [(cfg.kafka.topic_events, 0, list(range(n)), [0] * n, [b"k"] * n,
+                    [make_event(i).encode() for i in range(n)])]       # one RawBatch segment
         results: list = []
 
         def one():
@@ -178,7 +180,8 @@ def test_batches_in_flight_on_a_dead_worker_fail_and_the_pool_is_replaced(make_c
         new = list(pool._pool._processes)
         assert len(new) == 1 and new[0] not in old
         wait_until(lambda: _spawned_children() == set(new), 20, what="only the new pool's worker alive")
-        assert pool.run(records[:100])[0] == 100      # the new pool works
+        t, p, offs, ts, keys, values = records[0]
+        assert pool.run([(t, p, offs[:100], ts[:100], keys[:100], values[:100])])[0] == 100   # the new pool works
     finally:
         pool.close()
 
@@ -193,7 +196,8 @@ def test_worker_batch_runs_without_cyclic_gc_and_restores_it(make_cfg, monkeypat
 
     cfg = make_cfg()
     db = _setup(cfg)
-    records = [("t", 0, i, 0, None, make_event(i).encode()) for i in range(50)] + [("t", 0, 50, 0, None, b"{")]
+    values = [make_event(i).encode() for i in range(50)] + [b"{"]
+    records = [("t", 0, list(range(51)), [0] * 51, [None] * 51, values)]     # one RawBatch segment
     during = []
     real_insert = writer.insert_events
 
@@ -212,3 +216,30 @@ def test_worker_batch_runs_without_cyclic_gc_and_restores_it(make_cfg, monkeypat
     with pytest.raises(pool.WorkerWriteFailed):
         pool._build_and_insert(records)
     assert during == [False, False] and gc.isenabled(), "a failed batch left the collector off"
+
+
+def test_raw_batch_keeps_records_by_partition_run_with_offsets():
+    """The loop hands a worker columns per partition run; the commit offsets and the size-or-age
+    readiness must still count every record, in whatever mix of partitions a poll returns."""
+    from collections import namedtuple
+
+    from mailaudit.config import Config
+    from mailaudit.ingest.pool import RawBatch
+
+    Rec = namedtuple("Rec", "topic partition offset timestamp key value")
+    cfg = Config()
+    cfg.ingest.batch_size = 6
+    b = RawBatch(cfg)
+    b.submit_many([Rec("t", 0, 10, 1, b"a", b"x"), Rec("t", 0, 11, 2, None, b"y")])
+    b.submit_many([Rec("t", 1, 5, 3, b"c", b"z"), Rec("t", 0, 12, 4, b"d", None), Rec("u", 0, 7, 5, b"e", b"w")])
+    assert b.segments == [
+        ("t", 0, [10, 11], [1, 2], [b"a", None], [b"x", b"y"]),
+        ("t", 1, [5], [3], [b"c"], [b"z"]),
+        ("t", 0, [12], [4], [b"d"], [None]),
+        ("u", 0, [7], [5], [b"e"], [b"w"]),
+    ]
+    assert len(b) == 5 and not b.ready()
+    assert b.commit_offsets() == {("t", 0): 13, ("t", 1): 6, ("u", 0): 8}
+    assert b.first_offsets == {("t", 0): 10, ("t", 1): 5, ("u", 0): 7}
+    b.submit_many(iter([Rec("t", 1, 6, 6, None, b"v")]))        # any iterable
+    assert len(b) == 6 and b.ready() and b.commit_offsets()[("t", 1)] == 7
