@@ -45,7 +45,6 @@ from mailaudit.detect.outbox import Outbox
 from mailaudit.detect.partitions import PartitionedEngine
 from mailaudit.detect.sinks import ClickHouseSink, KafkaSink, SinkWorker, WebhookSink
 from mailaudit.ingest.clickhouse import Database
-from mailaudit.ingest.consumer import GC_THRESHOLDS
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
 from mailaudit.ingest.metrics import DetectMetrics, update_lag
 from mailaudit.ingest.parsed import parse_event
@@ -53,6 +52,19 @@ from mailaudit.ingest.privacy import AddressHasher
 from mailaudit.ingest.wire import MalformedEvent, decode_event
 
 log = logging.getLogger("mailaudit.detect")
+
+# The cyclic collector's thresholds for `mailaudit detect` (process-wide: the command owns its process).
+# Why not the ingest consumer's (50_000, 20, 100), which this process used until session 5: CPython
+# 3.11 starts a generation-0 collection when allocations minus deallocations pass the first number,
+# but the engine's state turns over (sibling entries expire as fast as new ones come), so deaths of
+# old objects cancel births and the young generation grows far past it. Measured in-process on the
+# latency bench's stream at 5,000 events/s (bench/README.md, "Detection latency", session 5): at
+# 50,000, generation-0 collections found 60,000-120,000 objects and paused 20-90 ms, generation-1
+# ones (every ~80 s) 220-300 ms; at 5,000, 2-13 ms and 8-35 ms, for ~0.5 % more of a core in the
+# collector. The third number keeps full collections at one per ~2,000 generation-0 ones (~10 min
+# here); with the engine's long-lived state in tuples the collector no longer scans (engine._sib_entry),
+# a full one measured ~N ms.
+GC_THRESHOLDS = (5_000, 20, 100)
 
 _ENVELOPE_CACHE = 200_000
 _EMIT_EVERY = 250          # records between looks for alerts to emit within one poll's batch
@@ -150,7 +162,7 @@ class DetectConsumer:
         self._revoked_tps: set[tuple[str, int]] = set()
         self.restored: dict[tuple[str, int], int] = {}    # partition -> position restored at (tests, logs)
         # Copies that may leak: event_id -> (service, campaign, envelope hashes), to say "to whom".
-        self._envelopes: OrderedDict[str, tuple[str, str, list[str]]] = OrderedDict()
+        self._envelopes: OrderedDict[str, tuple[str, str, tuple[str, ...]]] = OrderedDict()
 
     # -- checkpoint and rebalance ---------------------------------------------------------------
     def _on_revoked(self, revoked) -> None:
@@ -344,11 +356,8 @@ class DetectConsumer:
                 w.start()
 
     def run(self, max_seconds: float | None = None) -> DetectStats:
-        # The engine keeps a large, long-lived object graph (per-service state, pending copies,
-        # incidents): at CPython's default gen-0 threshold (700) the cyclic collector runs every few
-        # events and its older generations re-scan all of it, which shows up as latency spikes on the
-        # poll loop. The same thresholds as the ingest consumer (ingest/consumer.py); process-wide,
-        # since `mailaudit detect` owns its process.
+        # The engine keeps a large, long-lived object graph: at CPython's default thresholds
+        # (700, 10, 10) its older generations re-scan all of it every few seconds; see GC_THRESHOLDS.
         gc.set_threshold(*GC_THRESHOLDS)
         self.consumer.subscribe([self.cfg.kafka.topic_events], listener=_Listener(self))
         self.start_sinks()
@@ -446,8 +455,10 @@ class DetectConsumer:
         self.metrics.events.inc()
         parsed = parse_event(event)
         if parsed.strangers or parsed.has_bcc or parsed.run_together:
+            # A tuple of strings (not a list): the cache holds up to 200,000 of these for minutes, and
+            # only a tuple of atomic values is dropped from the cyclic GC's scans (see engine._sib_entry).
             self._envelopes[event.event_id] = (event.service, event.campaign or event.template or "",
-                                               [self.hasher.hash(a) for a in parsed.envelope])
+                                               tuple([self.hasher.hash(a) for a in parsed.envelope]))
             if len(self._envelopes) > _ENVELOPE_CACHE:
                 self._envelopes.popitem(last=False)
         return self.engine.process(event, parsed)
@@ -481,12 +492,12 @@ class DetectConsumer:
         for r in rows:
             rec = by_copy.get((r.incident_id, r.event_id))
             if rec is None:
-                service, campaign, recipients = self._envelopes.get(r.event_id, ("", "", []))
+                service, campaign, recipients = self._envelopes.get(r.event_id, ("", "", ()))
                 rec = by_copy[(r.incident_id, r.event_id)] = {
                     "incident_id": r.incident_id, "event_id": r.event_id, "sent_ms": r.sent_at_ms,
                     "service": service, "campaign": campaign, "key_id": r.key_id,
                     "exposed_hashes": [], "exposed_masked": [], "exposed_domains": [],
-                    "recipient_hashes": recipients,
+                    "recipient_hashes": list(recipients),
                 }
             rec["exposed_hashes"].append(r.address_hash)
             rec["exposed_masked"].append(r.address_masked)

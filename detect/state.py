@@ -102,13 +102,17 @@ def _state_name(t: type) -> str | None:
 
 
 def _enc_siblings(d: Any) -> Any:
-    """message id -> [set of address ids, expiry]: tens of thousands of entries per busy service, so
-    columns instead of one tagged object per entry (about 10x faster than the generic form)."""
-    if type(d) is not dict or not all(type(v) is list and len(v) == 2 and type(v[0]) is set and type(v[1]) is int
-                                       and type(k) is str for k, v in d.items()):
+    """message id -> (address ids: a tuple or a set, expiry): tens of thousands of entries per busy
+    service, so columns instead of one tagged object per entry (about 10x faster than the generic
+    form). The stored form is the one older checkpoints have ([set, expiry] lists in memory then);
+    ``DetectionEngine.load_state`` turns either into its live entries."""
+    if type(d) is not dict or not all(type(v) in (tuple, list) and len(v) == 2 and type(v[0]) in (tuple, set)
+                                       and type(v[1]) is int and type(k) is str for k, v in d.items()):
         return encode(d)
     vals = d.values()
-    return {"$sib": [list(d), [list(v[0]) for v in vals], [v[1] for v in vals]]}
+    # A tuple of ids goes in as it is (json.dumps writes it as an array): no fresh list per entry on
+    # the poll loop, where the snapshot is taken, and none for the collector to scan.
+    return {"$sib": [list(d), [v[0] if type(v[0]) is tuple else list(v[0]) for v in vals], [v[1] for v in vals]]}
 
 
 def _enc_queue(q: Any) -> Any:
