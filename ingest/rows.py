@@ -57,6 +57,7 @@ class EventRows:
         # The address search index (schema migration 5): one row per distinct hash per event, a tuple
         # in INDEX_COLUMNS order, turned into columns like the events'.
         self._index_rows: list[tuple] = []
+        self._ix_cols: dict[str, list] | None = None
         self._addr: dict[str, tuple[str, str, str]] = {}   # address -> (hash, masked, domain)
         self._subjects: dict[str, str] = {}                # subject -> keyed hash (campaigns repeat them)
         self.now = int(dt.datetime.now(_UTC).timestamp())
@@ -135,7 +136,7 @@ class EventRows:
             json.dumps(e.extra, ensure_ascii=False, sort_keys=True) if e.extra else "",
             partition, offset,
         ))
-        self._cols = None
+        self._cols = self._ix_cols = None
         ix = self._index_rows
         if len(th) == 1 and not ch and not bh and eh is th:
             # the common case again: the sender and the one recipient
@@ -156,6 +157,8 @@ class EventRows:
 
     def index_columns(self) -> dict[str, list]:
         """Rows of ``events_by_address`` for this batch (see ``ingest.writer.insert_events``)."""
-        rows = self._index_rows
-        cols = zip(*rows) if rows else ([] for _ in INDEX_COLUMNS)
-        return dict(zip(INDEX_COLUMNS, map(list, cols)))
+        if self._ix_cols is None:
+            rows = self._index_rows
+            cols = zip(*rows) if rows else ([] for _ in INDEX_COLUMNS)
+            self._ix_cols = dict(zip(INDEX_COLUMNS, map(list, cols)))
+        return self._ix_cols
