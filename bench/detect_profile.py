@@ -156,5 +156,97 @@ def bench_detect_profile(rate: float = 5000.0, duration_s: float = 30.0, info=No
             stack.down()
 
 
+def gc_pauses(duration_s: float = 150.0, thresholds: tuple[int, int, int] | None = None, rate: float = 5000.0,
+              checkpoint_every_s: float = 10.0) -> dict:
+    """The cyclic collector's pauses, by generation, while the latency bench's stream (its simulator seed,
+    a leak every 0.5 s) goes through the four partitions' engines in-process, the clock following event
+    time, with the consumer's envelope cache and a checkpoint snapshot (``state_dict`` + JSON) every
+    ``checkpoint_every_s`` of event time. No servers: what the live detector's collector does with this
+    state, without the machine's other processes. ``thresholds``: the detector's own by default."""
+    import collections
+    import gc
+    import heapq
+    from kafka.partitioner.default import murmur2
+
+    from mailaudit.bench.latency import _leak
+    from mailaudit.detect.consumer import GC_THRESHOLDS, _ENVELOPE_CACHE
+    from mailaudit.detect.engine import DetectionEngine
+    from mailaudit.detect.partitions import PartitionedEngine
+    from mailaudit.ingest.parsed import parse_event
+    from mailaudit.ingest.privacy import AddressHasher
+    from mailaudit.ingest.simulator import Simulator
+
+    cfg = Config()
+    hasher = AddressHasher(uuid.uuid4().hex * 2, "k1")
+    now = [0]
+    eng = PartitionedEngine(lambda: DetectionEngine(cfg.detect, clock=lambda: now[0], hasher=hasher))
+    start = 1_800_000_000_000
+    stream = heapq.merge(Simulator(seed=21, rate=rate, rhythm=False, burst=1.0, start_ms=start).events(duration_s),
+                         [_leak(i, start + 1000 + 500 * i) for i in range(int(duration_s * 2) - 2)],
+                         key=lambda e: e.sent_at_ms)
+    envelopes: collections.OrderedDict = collections.OrderedDict()
+    pauses: list[tuple[float, int, float]] = []          # (event-time s, generation, seconds)
+    t_gc = [0.0]
+
+    def on_gc(phase, info):
+        if phase == "start":
+            t_gc[0] = time.perf_counter()
+        else:
+            pauses.append(((now[0] - start) / 1000, info["generation"], time.perf_counter() - t_gc[0]))
+
+    old = gc.get_threshold()
+    gc.set_threshold(*(thresholds or GC_THRESHOLDS))
+    gc.callbacks.append(on_gc)
+    loop = collections.defaultdict(float)
+    snaps = []
+    next_adv, next_ck = start + 1000, start + int(checkpoint_every_s * 1000)
+    try:
+        for e in stream:
+            now[0] = e.sent_at_ms
+            t0 = time.perf_counter()
+            ps = parse_event(e)
+            if ps.strangers or ps.has_bcc or ps.run_together:      # as DetectConsumer._process
+                envelopes[e.event_id] = (e.service, e.campaign or "", tuple([hasher.hash(a) for a in ps.envelope]))
+                if len(envelopes) > _ENVELOPE_CACHE:
+                    envelopes.popitem(last=False)
+            eng.select(("t", (murmur2(e.service.encode()) & 0x7fffffff) % cfg.kafka.partitions))
+            eng.process(e, ps)
+            eng.take_exposures()
+            if e.sent_at_ms >= next_adv:
+                next_adv += 1000
+                eng.advance(e.sent_at_ms - int(cfg.detect.lateness_s * 1000))
+            loop[int((e.sent_at_ms - start) // 10_000)] += time.perf_counter() - t0
+            if e.sent_at_ms >= next_ck:
+                next_ck += int(checkpoint_every_s * 1000)
+                t1 = time.perf_counter()
+                docs = [eng.state_dict(tp) for tp in list(eng.engines)]
+                t2 = time.perf_counter()
+                size = sum(len(json.dumps(d, separators=(",", ":"))) for d in docs)
+                snaps.append({"at_s": (e.sent_at_ms - start) / 1000, "state_dict_ms": round(1000 * (t2 - t1)),
+                              "json_ms": round(1000 * (time.perf_counter() - t2)), "bytes": size})
+                del docs
+    finally:
+        gc.callbacks.remove(on_gc)
+        gc.set_threshold(*old)
+    t = time.perf_counter()
+    gc.collect()                                         # what one full collection of this state costs
+    full_ms = 1000 * (time.perf_counter() - t)
+    tracked = len(gc.get_objects())
+    by_gen = {}
+    for g in sorted({p[1] for p in pauses}):
+        ms = sorted(1000 * p[2] for p in pauses if p[1] == g)
+        by_gen[g] = {"n": len(ms), "total_ms": round(sum(ms)), "median_ms": round(ms[len(ms) // 2], 1),
+                     "max_ms": round(ms[-1], 1)}
+    return {"thresholds": list(thresholds or GC_THRESHOLDS), "duration_s": duration_s, "gc_by_generation": by_gen,
+            "gen1_pauses_ms": [(round(t), round(1000 * d)) for t, g, d in pauses if g == 1],
+            "loop_s_per_10s": [round(loop[w], 2) for w in sorted(loop)], "checkpoints": snaps[-3:],
+            "full_collection_at_end_ms": round(full_ms), "tracked_objects_at_end": tracked}
+
+
 if __name__ == "__main__":
-    print(json.dumps(bench_detect_profile(), indent=2))
+    # python -m mailaudit.bench.detect_profile gc [duration_s] [t0,t1,t2]: the in-process GC diagnostic
+    if sys.argv[1:2] == ["gc"]:
+        print(json.dumps(gc_pauses(float(sys.argv[2]) if len(sys.argv) > 2 else 150.0,
+                                   tuple(int(x) for x in sys.argv[3].split(",")) if len(sys.argv) > 3 else None), indent=2))
+    else:
+        print(json.dumps(bench_detect_profile(), indent=2))
