@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 from chdb_support import chdb_database
+from helpers import make_event
 from mailaudit.config import Config
 from mailaudit.dashboard import lookup, queries
 from mailaudit.ingest import schema
@@ -175,3 +176,38 @@ def test_forget_leaves_no_index_row(make_cfg):
     f = queries.SearchFilters(0, NOW_MS // 1000 + 60, address_hashes=hashes)
     assert _ids(db, f, index=True) == []
     assert db.execute("SELECT count() FROM {db}.events_by_address")[0][0] > 0      # other people stay indexed
+
+
+def test_index_rows_are_each_events_distinct_hashes_whatever_the_shape():
+    """The row builder takes shortcuts for the common shape (one recipient, the envelope equal to the
+    To:); the index must still hold exactly one row per distinct address hash of each event (sender,
+    To, Cc, Bcc, envelope), and the envelope's columns must be its own, shortcut or not."""
+    cfg = Config()
+    cfg.privacy.hash_key = "k" * 32
+    hasher = AddressHasher(cfg.require_hash_key())
+    shapes = [
+        dict(to="a@x.com", envelope=["a@x.com"]),                           # the shortcut
+        dict(to="a@x.com", envelope=["A@X.com"]),                           # equal once normalised
+        dict(to="me@acme.example", envelope=["me@acme.example"]),           # sender mails itself
+        dict(to="a@x.com", envelope=["b@y.org"]),                           # envelope differs (a leak)
+        dict(to="a@x.com, b@y.org", envelope=["a@x.com"]),
+        dict(to="a@x.com", envelope=["a@x.com"], cc="c@z.net", bcc="d@w.io"),
+        dict(to="undisclosed-recipients:;", envelope=["a@x.com", "b@y.org"]),
+        dict(to="a@x.com", envelope=[]),
+    ]
+    rows = EventRows(cfg.privacy, hasher)
+    for i, kw in enumerate(shapes):
+        rows.add(parse_event(make_event(i, from_="Me <me@acme.example>", **kw)), 0, i)
+    cols, ix = rows.columns(), rows.index_columns()
+    for i, kw in enumerate(shapes):
+        env = [hasher.hash_and_mask(a.lower()) for a in kw["envelope"]]
+        assert cols["env_hashes"][i] == [h for h, _ in env]
+        assert cols["env_masked"][i] == [m for _, m in env]
+        assert cols["env_domains"][i] == [a.lower().rpartition("@")[2] for a in kw["envelope"]]
+        env = [h for h, _ in env]
+        want = dict.fromkeys([cols["from_hash"][i], *cols["to_hashes"][i], *cols["cc_hashes"][i],
+                              *cols["bcc_hashes"][i], *env])
+        want.pop("", None)
+        got = [h for h, e in zip(ix["address_hash"], ix["event_id"]) if e == cols["event_id"][i]]
+        assert got == list(want), kw
+    assert len(ix["address_hash"]) == len(ix["sent_at"]) == len(ix["service"]) == len(ix["event_id"])
