@@ -54,7 +54,7 @@ from mailaudit.ingest.wire import MalformedEvent, decode_event
 log = logging.getLogger("mailaudit.detect")
 
 # The cyclic collector's thresholds for `mailaudit detect` (process-wide: the command owns its process).
-# Why not the ingest consumer's (50_000, 20, 100), which this process used until session 5: CPython
+# Why not the ingest consumer's (50_000, 20, 100): CPython
 # 3.11 starts a generation-0 collection when allocations minus deallocations pass the first number,
 # but the engine's state turns over (sibling entries expire as fast as new ones come), so deaths of
 # old objects cancel births and the young generation grows far past it. Measured in-process on the
