@@ -33,6 +33,12 @@ def _domain(addr: str) -> str:
     return addr.rpartition("@")[2]
 
 
+def _columns(names: tuple[str, ...], rows: list[tuple]) -> dict[str, list]:
+    """Row tuples (in ``names`` order) → one list per column, by ``zip`` (C)."""
+    cols = zip(*rows) if rows else ([] for _ in names)
+    return dict(zip(names, map(list, cols)))
+
+
 _EMPTY: list = []   # shared by every empty array cell of a batch; the driver only reads it
 
 
@@ -65,6 +71,11 @@ class EventRows:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def _new_info(self, addr: str) -> tuple[str, str, str]:
+        h, m = self.hasher.hash_and_mask(addr)
+        info = self._addr[addr] = (h, m, _domain(addr))
+        return info
+
     def _info(self, addrs) -> tuple[list[str], list[str], list[str]]:
         """Hashes, masked forms and domains of ``addrs``: one HMAC per distinct address per batch."""
         if not addrs:
@@ -72,10 +83,7 @@ class EventRows:
         cache = self._addr
         hs, ms, ds = [], [], []
         for a in addrs:
-            info = cache.get(a)
-            if info is None:
-                h, m = self.hasher.hash_and_mask(a)
-                info = cache[a] = (h, m, _domain(a))
+            info = cache.get(a) or self._new_info(a)
             hs.append(info[0])
             ms.append(info[1])
             ds.append(info[2])
@@ -89,11 +97,7 @@ class EventRows:
         sent_at = ms if self.datetime64 else ms // 1000
         if p.from_.addresses:
             a = p.from_.addresses[0]
-            info = self._addr.get(a)
-            if info is None:
-                h, m = self.hasher.hash_and_mask(a)
-                info = self._addr[a] = (h, m, _domain(a))
-            from_hash, from_masked, from_domain = info
+            from_hash, from_masked, from_domain = self._addr.get(a) or self._new_info(a)
         else:
             from_hash = from_domain = from_masked = ""
         th, tm, td = self._info(to)
@@ -151,14 +155,11 @@ class EventRows:
 
     def columns(self) -> dict[str, list]:
         if self._cols is None:
-            cols = zip(*self._rows) if self._rows else ([] for _ in EVENT_COLUMNS)
-            self._cols = dict(zip(EVENT_COLUMNS, map(list, cols)))
+            self._cols = _columns(EVENT_COLUMNS, self._rows)
         return self._cols
 
     def index_columns(self) -> dict[str, list]:
         """Rows of ``events_by_address`` for this batch (see ``ingest.writer.insert_events``)."""
         if self._ix_cols is None:
-            rows = self._index_rows
-            cols = zip(*rows) if rows else ([] for _ in INDEX_COLUMNS)
-            self._ix_cols = dict(zip(INDEX_COLUMNS, map(list, cols)))
+            self._ix_cols = _columns(INDEX_COLUMNS, self._index_rows)
         return self._ix_cols
