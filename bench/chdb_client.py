@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import tempfile
 import uuid
+import weakref
 from types import SimpleNamespace
 
 from clickhouse_driver.util.escape import escape_params
@@ -23,10 +25,16 @@ _CONTEXT = SimpleNamespace(server_info=SimpleNamespace(get_timezone=lambda: "UTC
 
 
 class ChdbClient:
+    """One chdb session. Without ``path`` its data lives in a directory of its own, removed on
+    ``disconnect`` or, failing that, when the client is collected or the process exits: each session
+    writes ~7 MB, and a test run opens dozens."""
+
     def __init__(self, path: str | None = None):
         from chdb import session
 
-        self.session = session.Session(path or tempfile.mkdtemp(prefix="chdb-"))
+        owned = None if path else tempfile.mkdtemp(prefix="chdb-")
+        self.session = session.Session(path or owned)
+        self._cleanup = weakref.finalize(self, _close, self.session, owned)
 
     def execute(self, sql, params=None, columnar=False):
         if sql.rstrip().upper().endswith("VALUES"):
@@ -50,7 +58,13 @@ class ChdbClient:
         return len(rows)
 
     def disconnect(self):
-        pass
+        self._cleanup()
+
+
+def _close(sess, owned: str | None) -> None:
+    sess.cleanup()
+    if owned:
+        shutil.rmtree(owned, ignore_errors=True)
 
 
 def _literal(v):
