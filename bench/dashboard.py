@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Callable
 
+from mailaudit.bench.workdir import work_dir
 from mailaudit.config import Config
 from mailaudit.dashboard import aggregates
 from mailaudit.dashboard import queries as q
@@ -284,7 +284,8 @@ def apptest_timings(cfg: Config, incident_id: str, runs: int) -> dict[str, float
     from mailaudit import tomlw
 
     app = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
-    path = Path(tempfile.mkdtemp(prefix="mailaudit-bench-cfg-")) / "config.toml"
+    cfg_dir, discard_cfg = work_dir(None, "mailaudit-bench-cfg-")
+    path = cfg_dir / "config.toml"
     path.write_text(tomlw.dumps(dataclasses.asdict(cfg)))
     path.chmod(0o600)
     old = os.environ.get("MAILAUDIT_CONFIG")
@@ -334,6 +335,7 @@ def apptest_timings(cfg: Config, incident_id: str, runs: int) -> dict[str, float
             os.environ.pop("MAILAUDIT_CONFIG", None)
         else:
             os.environ["MAILAUDIT_CONFIG"] = old
+        discard_cfg()
     return out
 
 
@@ -385,7 +387,7 @@ def bench_dashboard(n: int = 10_000_000, runs: int = 5, days: float = 7.0, state
     import sys
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-bench-"))
+    state, discard = work_dir(state_dir, "mailaudit-bench-")
     stack = None
     if info is None:
         stack = LocalStack(state / "stack")
@@ -444,6 +446,7 @@ def bench_dashboard(n: int = 10_000_000, runs: int = 5, days: float = 7.0, state
     finally:
         if stack is not None:
             stack.down()
+        discard()
 
 
 def _settle(db: Database, timeout_s: float = 120.0) -> None:

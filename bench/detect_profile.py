@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 from mailaudit import tomlw
+from mailaudit.bench.workdir import work_dir
 from mailaudit.config import Config
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.schema import migrate
@@ -144,7 +145,7 @@ def _published(pub: subprocess.Popen) -> int:
 
 
 def bench_detect_profile(rate: float = 5000.0, duration_s: float = 30.0, info=None, state_dir: str | None = None) -> dict:
-    state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-prof-"))
+    state, discard = work_dir(state_dir, "mailaudit-prof-")
     stack = None
     if info is None:
         stack = LocalStack(state / "stack")
@@ -154,6 +155,7 @@ def bench_detect_profile(rate: float = 5000.0, duration_s: float = 30.0, info=No
     finally:
         if stack is not None:
             stack.down()
+        discard()
 
 
 def gc_pauses(duration_s: float = 150.0, thresholds: tuple[int, int, int] | None = None, rate: float = 5000.0,

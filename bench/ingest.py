@@ -18,7 +18,6 @@ import gc
 import json
 import os
 import statistics
-import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from kafka import TopicPartition
 
+from mailaudit.bench.workdir import work_dir
 from mailaudit.config import Config
 from mailaudit.ingest.batch import Batch
 from mailaudit.ingest.clickhouse import Database
@@ -284,8 +284,10 @@ def scaling(info, msgs, processes: int, batch_size: int) -> float:
     db = Database(cfg.clickhouse)
     migrate(db)
     _publish(cfg, msgs)
-    path = Path(tempfile.mkdtemp()) / "c.toml"
+    cfg_dir, discard_cfg = work_dir(None, "mailaudit-bench-cfg-")
+    path = cfg_dir / "c.toml"
     path.write_text(tomlw.dumps(dataclasses.asdict(cfg)))
+    path.chmod(0o600)                    # it holds the hash key
     procs = [subprocess.Popen([sys.executable, "-m", "mailaudit", "--config", str(path), "consume", "--log-level", "WARNING"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(processes)]
     t_first = t_last = None
@@ -307,6 +309,7 @@ def scaling(info, msgs, processes: int, batch_size: int) -> float:
             p.terminate()
         for p in procs:
             p.wait(30)
+        discard_cfg()
     return (n_last - n_first) / (t_last - t_first) if t_first and t_last and t_last > t_first else 0.0
 
 
@@ -321,8 +324,9 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
     ``workers``: the headline end-to-end figure is one consumer with this many worker processes
     (``ingest.workers``); the in-process consumer (``workers = 0``) is measured beside it in every run."""
     stack = None
+    discard = lambda: None     # noqa: E731
     if info is None:
-        state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-bench-"))
+        state, discard = work_dir(state_dir, "mailaudit-bench-")
         stack = LocalStack(state / "stack")
         info = stack.up()
     per_run = []
@@ -370,6 +374,7 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
     finally:
         if stack is not None:
             stack.down()
+        discard()
     keys = [k for k in per_run[0] if isinstance(per_run[0][k], (int, float))]
     result = {k: _median(r[k] for r in per_run) for k in keys}
     result["bytes_per_event_on_disk_modern_chdb"] = bytes_per_event_modern(msgs, uuid.uuid4().hex)

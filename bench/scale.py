@@ -37,13 +37,13 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 from mailaudit import tomlw
+from mailaudit.bench.workdir import work_dir
 from mailaudit.bench.ingest import _bench_cfg, _events, _publish, machine_jiffies, proc_cpu
 from mailaudit.bench.latency import AlertWatcher, _leak, _pct, encoded_stream
 from mailaudit.ingest.clickhouse import Database
@@ -231,7 +231,7 @@ def _med(rows, key):
 
 def bench_scale(n: int = 40_000, runs: int = 3, rate: float = 2000.0, duration_s: float = 20.0,
                 state_dir: str | None = None, info=None) -> dict:
-    state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-scale-"))
+    state, discard = work_dir(state_dir, "mailaudit-scale-")
     stack = None
     if info is None:
         stack = LocalStack(state / "stack")
@@ -254,6 +254,7 @@ def bench_scale(n: int = 40_000, runs: int = 3, rate: float = 2000.0, duration_s
     finally:
         if stack is not None:
             stack.down()
+        discard()
     cd, cc = out["detect_1"]["cpu_us_per_event"], out["consume_1"]["cpu_us_per_event"]
     if cd and cc:
         out["per_partition_ceiling_msgs_per_s"] = round(1e6 / max(cd, cc))
