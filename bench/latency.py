@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -127,6 +128,15 @@ def _volume_history(now_ms: int) -> list[Event]:
     return out
 
 
+def _process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (Linux ``/proc``); None where that is not readable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -171,7 +181,7 @@ class AlertWatcher:
 
 
 def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: float, paths: bool = True,
-              detect_args: tuple[str, ...] = ()) -> dict:
+              detect_args: tuple[str, ...] = (), reader: str = "detect") -> dict:
     load_before = [float(x) for x in os.getloadavg()]
     uid = uuid.uuid4().hex[:8]
     cfg = Config()
@@ -195,14 +205,19 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
             hist.send(cfg.kafka.topic_events, key=e.service.encode(), value=e.encode())
         hist.flush()
         hist.close()
-    det = subprocess.Popen([sys.executable, "-m", "mailaudit", "--config", str(path), "detect", "--log-level", "WARNING", *detect_args],
-                           stdout=subprocess.DEVNULL, stderr=open(state / f"detect-{uid}.log", "wb"))
+    if reader == "echo":                # the transport baseline (bench/echo.py): no detection, no rule paths
+        cmd, paths = [sys.executable, "-m", "mailaudit.bench.echo", "--config", str(path)], False
+    else:
+        cmd = [sys.executable, "-m", "mailaudit", "--config", str(path), "detect", "--log-level", "WARNING", *detect_args]
+    det = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(state / f"detect-{uid}.log", "wb"))
     watcher = AlertWatcher(cfg.kafka).start()
     arrivals, path_arrivals = watcher.arrivals, watcher.path_arrivals
     producer = make_producer(cfg.kafka, linger_ms=2)
     sent: dict[str, float] = {}
     acked: dict[str, float] = {}        # leak -> when the broker acknowledged it (the producer's callback)
     t_start = time.time()
+    bench_cpu0 = time.process_time()
+    det_cpu_s = bench_cpu_s = None
     phases = {}
     try:
         # Warm-up: the detector's group join; wait until a first leak comes back.
@@ -269,6 +284,8 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
             time.sleep(0.1)
     finally:
         t_stop = time.time()
+        det_cpu_s = _process_cpu_s(det.pid)
+        bench_cpu_s = time.process_time() - bench_cpu0
         watcher.stop()
         producer.close()
         det.terminate()
@@ -296,6 +313,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
                               "beyond_event_time_wait_ms": ms - wait_ms if ms is not None and wait_ms is not None else None,
                               "event_time_wait": waits_for}
     return {
+        "reader": reader,
         "rate_target": rate,
         "rate_achieved": published / elapsed,
         "leaks": len(sent),
@@ -309,6 +327,13 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
                             "max": 1000 * max(after_ack)} if after_ack else None,
         "paths": path_lat,
         "phases_s": phases,
+        # Each leak in send order: [seconds after the stream's start, latency ms or None]. A tail from a
+        # backlog that builds (latency rising with time) reads differently from one from pauses (spikes).
+        "series": [[round(t - t0, 2), round(1000 * (arrivals[k] - t)) if k in arrivals else None]
+                   for k, t in sorted(sent.items(), key=lambda kv: kv[1])] if sent else [],
+        # CPU seconds over the whole run (warm-up and encoding included for the bench's own process):
+        # whether the detector had a core's worth of work, or waited.
+        "cpu_s": {"detector": det_cpu_s, "bench_process": round(bench_cpu_s, 1) if bench_cpu_s is not None else None},
         "loadavg_before": load_before,
         "loadavg_after": [float(x) for x in os.getloadavg()],
     }
@@ -316,11 +341,14 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
 
 def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak_every_s: float = 0.5, runs: int = 1,
                   state_dir: str | None = None, plot: str | None = None, info=None,
-                  detect_args: tuple[str, ...] = ()) -> dict:
+                  detect_args: tuple[str, ...] = (), baseline: bool = False) -> dict:
     """Latency per offered rate; ``plot``: write p50/p99 vs rate as a PNG there; ``info``: run on these
     servers (a ``StackInfo``) instead of a local stack; ``detect_args``: extra `mailaudit detect`
-    arguments (e.g. ``("--checkpoint-interval", "600")`` to see what checkpoints cost). Every run
-    attempted is reported (``runs``), with the median and the worst of their p99s."""
+    arguments (e.g. ``("--checkpoint-interval", "600")`` to see what checkpoints cost); ``baseline``:
+    the transport alone (``bench/echo.py`` in the detector's place). Every run attempted is reported
+    (``runs``), with the median and the worst of their p99s."""
+    reader = "echo" if baseline else "detect"
+    own_state = state_dir is None
     state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-lat-"))
     stack = None
     if info is None:
@@ -329,7 +357,7 @@ def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak
     results = []
     try:
         for rate in rates:
-            per = [_one_rate(info, state, float(rate), duration_s, leak_every_s, detect_args=detect_args)
+            per = [_one_rate(info, state, float(rate), duration_s, leak_every_s, detect_args=detect_args, reader=reader)
                    for _ in range(runs)]
             med = {k: statistics.median(r[k] for r in per if r[k] is not None)
                    for k in ("rate_achieved", "p50_ms", "p99_ms", "max_ms") if any(r[k] is not None for r in per)}
@@ -350,7 +378,9 @@ def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak
     finally:
         if stack is not None:
             stack.down()
-    out = {"duration_s": duration_s, "leak_every_s": leak_every_s, "by_rate": results}
+        if own_state:                      # stack data, configs, detector state: ~10 MB a run, for nobody
+            shutil.rmtree(state, ignore_errors=True)
+    out = {"reader": reader, "duration_s": duration_s, "leak_every_s": leak_every_s, "by_rate": results}
     # A rate counts only if every run kept p99 under 1 s (the worst run, not the median) at the rate.
     ok = [r["rate_target"] for r in results if r.get("p99_worst_ms") is not None and r["p99_worst_ms"] < 1000
           and r["alerted"] == r["leaks"] and r.get("rate_achieved", 0) >= 0.95 * r["rate_target"]]
@@ -360,7 +390,8 @@ def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak
 
         line_plot(plot, {q: [(r["rate_achieved"], r[f"{q}_ms"]) for r in results if r.get(f"{q}_ms") is not None]
                          for q in ("p50", "p99")},
-                  "publish -> alert in mail.alerts latency (ms) vs events/s, detector on 2 shared cores",
+                  "publish -> alert in mail.alerts latency (ms) vs events/s, "
+                  + ("transport baseline (no detection)" if baseline else "detector on 2 shared cores"),
                   "events/s published", "ms", hline=(1000.0, "p99 target 1 s"))
         out["plot"] = plot
     return out

@@ -49,6 +49,12 @@ def test_bench_latency_tiny(stack):
         assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
         assert _load(run["loadavg_before"]) and _load(run["loadavg_after"])
     assert r["p99_worst_ms"] == max(run["p99_ms"] for run in r["runs"]) >= r["p99_ms"]
+    for run in r["runs"]:
+        # every leak in send order, each with its latency; and the detector did the work (its CPU)
+        assert run["reader"] == "detect" and len(run["series"]) == run["leaks"]
+        assert [t for t, _ in run["series"]] == sorted(t for t, _ in run["series"])
+        assert sorted(ms for _, ms in run["series"])[-1] == round(run["max_ms"])
+        assert run["cpu_s"]["detector"] > 0 and run["cpu_s"]["bench_process"] > 0
     # the other rule paths: group wait and merge slip wait 5 s of event time, a recipient spike none
     # (a volume spike needs a run of minutes: not in a tiny run)
     for name, wait in (("group_wait_disclosure", 5000), ("merge_slip", 5000), ("recipient_spike", 0)):
@@ -56,6 +62,31 @@ def test_bench_latency_tiny(stack):
         assert len(p["latency_ms_runs"]) == 2 and p["event_time_wait_ms"] == wait
         assert all(x is not None and x >= wait for x in p["latency_ms_runs"]), (name, p)
     assert "volume_spike" not in r["paths"]
+
+
+@pytest.mark.servers
+def test_bench_latency_baseline_tiny(stack):
+    """The transport baseline: a plain consumer in the detector's group echoes each leak copy
+    to the alert topic, timed by the same watcher; no rule paths."""
+    from mailaudit.bench.latency import bench_latency
+
+    out = bench_latency(rates=(300,), duration_s=3.0, leak_every_s=0.5, runs=1, info=stack, baseline=True)
+    (r,) = out["by_rate"]
+    (run,) = r["runs"]
+    assert out["reader"] == run["reader"] == "echo"
+    assert run["leaks"] >= 4 and run["alerted"] == run["leaks"], run
+    assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"] and len(run["series"]) == run["leaks"]
+    assert run["paths"] == {} and r["paths"] == {}
+
+
+@pytest.mark.servers
+def test_broker_probe_tiny(stack):
+    from mailaudit.bench.broker_probe import broker_probe
+
+    out = broker_probe(steps=2, step=500, probes=3, info=stack)
+    sizes = out["by_log_size"]
+    assert [s["log_messages"] for s in sizes] == [3, 506, 1009]          # probes and fill, all counted
+    assert all(0 < s["median_ms"] <= s["max_ms"] < float("inf") for s in sizes), sizes
 
 
 @pytest.mark.servers

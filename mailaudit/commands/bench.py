@@ -35,6 +35,9 @@ def configure(p):
     p.add_argument("--workers", type=int, help="ingest: worker processes of the headline consumer (default 2; "
                                                "the in-process consumer is measured beside it)")
     p.add_argument("--plot", help="latency: write the latency-vs-rate PNG here (default bench/latency.png in a checkout)")
+    p.add_argument("--baseline", action="store_true",
+                   help="latency: the transport alone, a plain consumer echoing each leak in the detector's place "
+                        "(bench/echo.py); the detector's share is what it adds to this")
 
 
 def _kwargs(suite: str, args) -> dict:
@@ -54,8 +57,10 @@ def _kwargs(suite: str, args) -> dict:
         kw["rates"] = tuple(int(r) for r in args.rates.split(","))
     if suite == "latency" and getattr(args, "duration", None):
         kw["duration_s"] = args.duration
+    if suite == "latency" and getattr(args, "baseline", False):
+        kw["baseline"] = True
     if suite == "latency":
-        plot = args.plot or ("bench/latency.png" if os.path.isdir("bench") else None)
+        plot = args.plot or (None if kw.get("baseline") else "bench/latency.png" if os.path.isdir("bench") else None)
         if plot:
             kw["plot"] = plot
     if suite == "nab":
