@@ -201,3 +201,55 @@ def test_stop_stores_the_checkpoint_in_flight(make_cfg, tmp_path):
         gate.open.set()
         d.stop_event.set()
     assert _stored(db, cfg.kafka.detect_group) == ends
+
+
+def test_checkpoints_are_spaced_by_their_own_cost(make_cfg, tmp_path):
+    """A checkpoint stores the whole state, so its cost grows with it; the next one waits at least
+    ``_CHECKPOINT_DUTY`` times the last one's cost (loop snapshot + the thread's CPU), however short
+    the configured interval, so checkpointing cannot take over the cores the loop and broker need."""
+    from mailaudit.detect import consumer as dc
+
+    cfg = make_cfg()
+    create_topics(cfg.kafka)
+    migrate(Database(cfg.clickhouse))
+    events = list(Simulator(seed=9, rate=50.0).events(600))
+    d = _run(cfg, tmp_path / "a", interval=0.02)
+    save, starts, costs = d.store.save, [], []
+
+    def dear_save(cps):                        # 40 ms of the thread's CPU on top of the real store
+        if not d.stop_event.is_set():              # not the last one, forced by the stop
+            starts.append(time.monotonic())
+        t = time.thread_time()
+        while time.thread_time() - t < 0.04:
+            pass
+        return save(cps)
+
+    d.store.save = dear_save
+    finish = d._finish_checkpoint
+
+    def noted_finish(wait):
+        finish(wait)
+        costs.append(d._checkpoint_cost_s)
+
+    d._finish_checkpoint = noted_finish
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 90
+        for i in range(0, len(events), 50):          # new positions keep coming: a checkpoint is always due
+            if len(starts) >= 4 or time.monotonic() > deadline:
+                break
+            _publish(cfg, events[i:i + 50])
+            time.sleep(0.1)
+        assert len(starts) >= 4, starts
+    finally:
+        d.stop_event.set()
+        t.join(60)
+    assert min(c for c in costs if c) >= 0.04
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    # each gap is at least 20 x ~0.04 s, where the configured 0.02 s would give a few tens of ms
+    assert min(gaps) >= max(0.5, dc._CHECKPOINT_DUTY * 0.04 * 0.9), gaps
+    # and the operator sees what they cost (docs/operations.md: detector state size)
+    reg = d.metrics.registry
+    assert reg.get_sample_value("mailaudit_detect_checkpoint_seconds_count") >= len(starts)
+    assert reg.get_sample_value("mailaudit_detect_checkpoint_seconds_sum") >= 0.04 * len(starts)
