@@ -2,8 +2,8 @@
 
 The latency bench's transport baseline (``bench/echo.py``) drifts upward over a run at 5,000
 events/s. This probe says why without any consumer group or detector in the way: one partition is
-filled in steps of ``step`` messages of the bench's event size, and at each size one tail-reading
-consumer times ``probes`` single messages from send to receipt. Apache Kafka finds a fetch offset
+filled in steps of ``step`` messages of the bench's event size, and at each size ``probes`` single
+messages are timed from send to receipt by a consumer that seeks to each one's offset. Apache Kafka finds a fetch offset
 through its offset index, so the figure stays flat there; a broker that scans its log per fetch
 shows it rising with the size.
 
@@ -33,14 +33,14 @@ PAYLOAD_BYTES = 850          # about one encoded simulator event
 
 
 def _probe(prod, cons, tp: TopicPartition, n: int) -> list[float]:
-    cons.seek_to_end(tp)
-    cons.position(tp)            # resolve the end now: a lazy seek would land after the first probe
+    """Each probe: send one message, and once the broker acknowledged it, read exactly its offset
+    (an explicit seek: nothing read before it, no lazy offset reset) — send → receipt in ms."""
     ms = []
-    for i in range(n):
+    for _ in range(n):
         marker = f"probe-{uuid.uuid4().hex}".encode()
         t = time.perf_counter()
-        prod.send(tp.topic, value=marker)
-        prod.flush()
+        offset = prod.send(tp.topic, value=marker).get(timeout=30).offset
+        cons.seek(tp, offset)
         got = False
         while not got and time.perf_counter() - t < 10:
             for recs in cons.poll(timeout_ms=50).values():
