@@ -3,7 +3,7 @@
 The latency bench's transport baseline (``bench/echo.py``) drifts upward over a run at 5,000
 events/s. This probe says why without any consumer group or detector in the way: one partition is
 filled in steps of ``step`` messages of the bench's event size, and at each size ``probes`` single
-messages are timed from send to receipt by a consumer that seeks to each one's offset. Apache Kafka finds a fetch offset
+messages are timed from send to receipt by a consumer reading the partition's tail. Apache Kafka finds a fetch offset
 through its offset index, so the figure stays flat there; a broker that scans its log per fetch
 shows it rising with the size.
 
@@ -33,14 +33,15 @@ PAYLOAD_BYTES = 850          # about one encoded simulator event
 
 
 def _probe(prod, cons, tp: TopicPartition, n: int) -> list[float]:
-    """Each probe: send one message, and once the broker acknowledged it, read exactly its offset
-    (an explicit seek: nothing read before it, no lazy offset reset) — send → receipt in ms."""
+    """Each probe: one message sent, timed until the tail-reading consumer has it (send → receipt, ms)."""
+    cons.seek_to_end(tp)
+    cons.poll(timeout_ms=200)        # resolves the end now: a lazy seek would land after the first probe
     ms = []
     for _ in range(n):
         marker = f"probe-{uuid.uuid4().hex}".encode()
         t = time.perf_counter()
-        offset = prod.send(tp.topic, value=marker).get(timeout=30).offset
-        cons.seek(tp, offset)
+        prod.send(tp.topic, value=marker)
+        prod.flush()
         got = False
         while not got and time.perf_counter() - t < 10:
             for recs in cons.poll(timeout_ms=50).values():
@@ -61,7 +62,7 @@ def broker_probe(steps: int = 10, step: int = 100_000, probes: int = 20, info=No
         topic = f"probe-{uuid.uuid4().hex[:8]}"
         make_admin(cfg.kafka).create_topics([NewTopic(topic, 1, 1)])
         prod = make_producer(cfg.kafka)
-        cons = make_consumer(cfg.kafka, None, fetch_max_wait_ms=20)
+        cons = make_consumer(cfg.kafka, None)
         tp = TopicPartition(topic, 0)
         cons.assign([tp])
         payload = b"x" * PAYLOAD_BYTES
