@@ -14,17 +14,15 @@ shows it rising with the size.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 from kafka import TopicPartition
 from kafka.admin import NewTopic
 
+from mailaudit.bench.workdir import work_dir
 from mailaudit.config import Config
 from mailaudit.ingest.kafka_io import make_admin, make_consumer, make_producer
 from mailaudit.stack import LocalStack
@@ -52,9 +50,10 @@ def _probe(prod, cons, tp: TopicPartition, n: int) -> list[float]:
 
 def broker_probe(steps: int = 10, step: int = 100_000, probes: int = 20, info=None) -> dict:
     """``info``: the servers to probe (a ``StackInfo``); by default a local stack of its own."""
-    stack = None
+    stack, discard = None, (lambda: None)
     if info is None:
-        stack = LocalStack(Path(tempfile.mkdtemp(prefix="mailaudit-probe-")) / "stack")
+        state, discard = work_dir(None, "mailaudit-probe-")
+        stack = LocalStack(state / "stack")
         info = stack.up()
     try:
         cfg = Config()
@@ -85,7 +84,7 @@ def broker_probe(steps: int = 10, step: int = 100_000, probes: int = 20, info=No
     finally:
         if stack is not None:
             stack.down()
-            shutil.rmtree(stack.dir.parent, ignore_errors=True)
+        discard()
 
 
 if __name__ == "__main__":

@@ -14,11 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -27,6 +25,7 @@ from pathlib import Path
 from kafka import TopicPartition
 
 from mailaudit import tomlw
+from mailaudit.bench.workdir import work_dir
 from mailaudit.config import Config
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.kafka_io import make_consumer, make_producer
@@ -348,8 +347,7 @@ def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak
     the transport alone (``bench/echo.py`` in the detector's place). Every run attempted is reported
     (``runs``), with the median and the worst of their p99s."""
     reader = "echo" if baseline else "detect"
-    own_state = state_dir is None
-    state = Path(state_dir or tempfile.mkdtemp(prefix="mailaudit-lat-"))
+    state, discard = work_dir(state_dir, "mailaudit-lat-")
     stack = None
     if info is None:
         stack = LocalStack(state / "stack")
@@ -378,8 +376,7 @@ def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak
     finally:
         if stack is not None:
             stack.down()
-        if own_state:                      # stack data, configs, detector state: ~10 MB a run, for nobody
-            shutil.rmtree(state, ignore_errors=True)
+        discard()
     out = {"reader": reader, "duration_s": duration_s, "leak_every_s": leak_every_s, "by_rate": results}
     # A rate counts only if every run kept p99 under 1 s (the worst run, not the median) at the rate.
     ok = [r["rate_target"] for r in results if r.get("p99_worst_ms") is not None and r["p99_worst_ms"] < 1000
