@@ -21,14 +21,15 @@ import signal
 import threading
 
 from mailaudit.config import load_config
-from mailaudit.ingest.kafka_io import make_consumer, make_producer
+from mailaudit.detect.consumer import make_detect_consumer
+from mailaudit.ingest.kafka_io import make_producer
 
 LEAK_MARK = b'"message_id":"<leak'      # bench.latency._leak's Message-ID, as the wire encoding writes it
 
 
 def run(cfg, stop: threading.Event) -> int:
     """Echo leak copies until ``stop``; returns how many were echoed."""
-    consumer = make_consumer(cfg.kafka, cfg.kafka.detect_group, [cfg.kafka.topic_events])
+    consumer = make_detect_consumer(cfg, [cfg.kafka.topic_events])
     producer = make_producer(cfg.kafka)
     echoed = 0
     try:
