@@ -33,7 +33,7 @@ from mailaudit.ingest.schema import migrate
 from mailaudit.ingest.simulator import Simulator
 from mailaudit.ingest.topics import create_topics
 from mailaudit.ingest.wire import Event, parse_time
-from mailaudit.stack import LocalStack
+from mailaudit.stack import LocalStack, free_port
 
 
 def encoded_stream(seed: int, rate: float, duration_s: float, lead_ms: int) -> tuple[int, list[tuple[int, bytes, bytes]]]:
@@ -136,6 +136,65 @@ def _process_cpu_s(pid: int) -> float | None:
         return None
 
 
+def histogram_quantiles(text: str, name: str, labels: dict[str, str] | None = None) -> dict | None:
+    """A Prometheus histogram in exposition ``text`` → its count, mean and the bucket bounds that hold
+    its p50 and p99 (an upper bound, as ``histogram_quantile`` would read it without interpolation),
+    in ms; None when it has no observation."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    want = labels or {}
+    buckets: dict[float, float] = {}
+    total = count = 0.0
+    for fam in text_string_to_metric_families(text):
+        if fam.name != name:
+            continue
+        for smp in fam.samples:
+            if any(smp.labels.get(k) != v for k, v in want.items()):
+                continue
+            if smp.name == name + "_bucket":
+                le = float(smp.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + smp.value
+            elif smp.name == name + "_sum":
+                total += smp.value
+            elif smp.name == name + "_count":
+                count += smp.value
+    if not count:
+        return None
+
+    def bound(q: float) -> float:
+        for le in sorted(buckets):
+            if buckets[le] >= q * count:
+                return le
+        return float("inf")
+
+    def ms(x: float):
+        return round(1000 * x, 1) if x != float("inf") else None   # None: beyond the last bound
+
+    return {"count": int(count), "mean_ms": ms(total / count), "p50_le_ms": ms(bound(0.5)),
+            "p99_le_ms": ms(bound(0.99))}
+
+
+def detector_stages(metrics_text: str) -> dict:
+    """The detector's own account of alert latency (``mailaudit_detect_*`` histograms, see
+    docs/operations.md): publish → read (the transport's share), read → alert queued (the
+    detector's), alert raised → on ``mail.alerts`` (the Kafka sink's)."""
+    return {
+        "read_delay": histogram_quantiles(metrics_text, "mailaudit_detect_read_delay_seconds"),
+        "raise": histogram_quantiles(metrics_text, "mailaudit_detect_raise_seconds"),
+        "delivery_kafka": histogram_quantiles(metrics_text, "mailaudit_detect_delivery_seconds", {"sink": "kafka"}),
+    }
+
+
+def _scrape(port: int) -> str | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            return r.read().decode()
+    except OSError:
+        return None
+
+
 def _pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -207,7 +266,9 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
     if reader == "echo":                # the transport baseline (bench/echo.py): no detection, no rule paths
         cmd, paths = [sys.executable, "-m", "mailaudit.bench.echo", "--config", str(path)], False
     else:
-        cmd = [sys.executable, "-m", "mailaudit", "--config", str(path), "detect", "--log-level", "WARNING", *detect_args]
+        metrics_port = free_port()
+        cmd = [sys.executable, "-m", "mailaudit", "--config", str(path), "detect", "--log-level", "WARNING",
+               "--metrics-port", str(metrics_port), *detect_args]
     det = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(state / f"detect-{uid}.log", "wb"))
     watcher = AlertWatcher(cfg.kafka).start()
     arrivals, path_arrivals = watcher.arrivals, watcher.path_arrivals
@@ -217,6 +278,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
     t_start = time.time()
     bench_cpu0 = time.process_time()
     det_cpu_s = bench_cpu_s = None
+    metrics_text = None
     phases = {}
     try:
         # Warm-up: the detector's group join; wait until a first leak comes back.
@@ -285,6 +347,8 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
         t_stop = time.time()
         det_cpu_s = _process_cpu_s(det.pid)
         bench_cpu_s = time.process_time() - bench_cpu0
+        if reader == "detect":
+            metrics_text = _scrape(metrics_port)
         watcher.stop()
         producer.close()
         det.terminate()
@@ -333,6 +397,9 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
         # CPU seconds over the whole run (warm-up and encoding included for the bench's own process):
         # whether the detector had a core's worth of work, or waited.
         "cpu_s": {"detector": det_cpu_s, "bench_process": round(bench_cpu_s, 1) if bench_cpu_s is not None else None},
+        # The detector's own split of every alert's latency, from its /metrics at the end of the run
+        # (all batches and alerts, warm-up and rule paths included): whose share the tail is.
+        "detector_stages": detector_stages(metrics_text) if metrics_text else None,
         "loadavg_before": load_before,
         "loadavg_after": [float(x) for x in os.getloadavg()],
     }

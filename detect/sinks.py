@@ -214,8 +214,11 @@ class WebhookSink:
 class SinkWorker:
     """Deliver the outbox to one sink, in order, retrying with backoff; never gives up a record."""
 
-    def __init__(self, outbox: Outbox, sink, batch: int = 2000, initial_s: float = 0.2, max_s: float = 30.0):
+    def __init__(self, outbox: Outbox, sink, batch: int = 2000, initial_s: float = 0.2, max_s: float = 30.0,
+                 delivery_delay=None):
         self.outbox = outbox
+        # Anything with ``observe(seconds)`` (a Prometheus histogram): alert raised -> delivered here.
+        self.delivery_delay = delivery_delay
         self.sink = sink
         self.batch = batch
         self.initial_s = initial_s
@@ -254,8 +257,20 @@ class SinkWorker:
                 continue
             delay = self.initial_s
             self.delivered += len(records)
+            if self.delivery_delay is not None:
+                self._observe_delivery(records)
             pos = new_pos
             self.outbox.set_cursor(self.sink.name, pos)
+
+    def _observe_delivery(self, records: list[dict[str, Any]]) -> None:
+        now_ms = time.time() * 1000
+        for r in records:
+            if r.get("type") == "alert":
+                try:
+                    raised_ms = parse_time(r["alert"]["detected_at"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                self.delivery_delay.observe(max(0.0, now_ms - raised_ms) / 1000)
 
     def drain(self, timeout: float) -> bool:
         """Wait until everything in the outbox is delivered (tests, clean shutdown)."""

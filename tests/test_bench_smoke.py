@@ -55,6 +55,10 @@ def test_bench_latency_tiny(stack):
         assert [t for t, _ in run["series"]] == sorted(t for t, _ in run["series"])
         assert sorted(ms for _, ms in run["series"])[-1] == round(run["max_ms"])
         assert run["cpu_s"]["detector"] > 0 and run["cpu_s"]["bench_process"] > 0
+        # the detector's own split, from its /metrics: every fetched batch and every alert is counted
+        st = run["detector_stages"]
+        assert st["read_delay"]["count"] > 0 and st["read_delay"]["p50_le_ms"] <= st["read_delay"]["p99_le_ms"]
+        assert st["raise"]["count"] >= run["alerted"] and st["delivery_kafka"]["count"] >= run["alerted"], st
     # the other rule paths: group wait and merge slip wait 5 s of event time, a recipient spike none
     # (a volume spike needs a run of minutes: not in a tiny run)
     for name, wait in (("group_wait_disclosure", 5000), ("merge_slip", 5000), ("recipient_spike", 0)):
@@ -77,6 +81,7 @@ def test_bench_latency_baseline_tiny(stack):
     assert run["leaks"] >= 4 and run["alerted"] == run["leaks"], run
     assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"] and len(run["series"]) == run["leaks"]
     assert run["paths"] == {} and r["paths"] == {}
+    assert run["detector_stages"] is None                        # no detector, no /metrics of its own
 
 
 @pytest.mark.servers
