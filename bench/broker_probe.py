@@ -53,7 +53,7 @@ def broker_probe(steps: int = 10, step: int = 100_000, probes: int = 20, info=No
     stack, discard = None, (lambda: None)
     if info is None:
         state, discard = work_dir(None, "mailaudit-probe-")
-        stack = LocalStack(state / "stack")
+        stack = LocalStack(state / "stack", tied=True)
         info = stack.up()
     try:
         cfg = Config()

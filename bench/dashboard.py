@@ -390,7 +390,7 @@ def bench_dashboard(n: int = 10_000_000, runs: int = 5, days: float = 7.0, state
     state, discard = work_dir(state_dir, "mailaudit-bench-")
     stack = None
     if info is None:
-        stack = LocalStack(state / "stack")
+        stack = LocalStack(state / "stack", tied=True)
         info = stack.up()
     try:
         cfg = Config()

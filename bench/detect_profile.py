@@ -148,7 +148,7 @@ def bench_detect_profile(rate: float = 5000.0, duration_s: float = 30.0, info=No
     state, discard = work_dir(state_dir, "mailaudit-prof-")
     stack = None
     if info is None:
-        stack = LocalStack(state / "stack")
+        stack = LocalStack(state / "stack", tied=True)
         info = stack.up()
     try:
         return profile_detector(info, rate, duration_s, state)

@@ -327,7 +327,7 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
     discard = lambda: None     # noqa: E731
     if info is None:
         state, discard = work_dir(state_dir, "mailaudit-bench-")
-        stack = LocalStack(state / "stack")
+        stack = LocalStack(state / "stack", tied=True)
         info = stack.up()
     per_run = []
     scale_runs: dict[str, list] = {"1_process": [], "2_process": []}

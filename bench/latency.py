@@ -417,7 +417,7 @@ def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak
     state, discard = work_dir(state_dir, "mailaudit-lat-")
     stack = None
     if info is None:
-        stack = LocalStack(state / "stack")
+        stack = LocalStack(state / "stack", tied=True)
         info = stack.up()
     results = []
     try:

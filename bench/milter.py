@@ -180,7 +180,7 @@ def bench_milter(n: int = 5000, runs: int = 1, kafka: bool = True, mode: str = "
             from mailaudit.stack import LocalStack
 
             tmp = tempfile.TemporaryDirectory(prefix="mailaudit-bench-milter-")
-            stack = LocalStack(Path(tmp.name) / "stack")
+            stack = LocalStack(Path(tmp.name) / "stack", tied=True)
             stack.up()
             uid = uuid.uuid4().hex[:8]
             cfg.kafka.bootstrap = stack.info().kafka_bootstrap

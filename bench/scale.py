@@ -234,7 +234,7 @@ def bench_scale(n: int = 40_000, runs: int = 3, rate: float = 2000.0, duration_s
     state, discard = work_dir(state_dir, "mailaudit-scale-")
     stack = None
     if info is None:
-        stack = LocalStack(state / "stack")
+        stack = LocalStack(state / "stack", tied=True)
         info = stack.up()
     out: dict = {"events": n, "runs": runs, "partitions": 4}
     try:

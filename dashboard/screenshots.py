@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mailaudit-screens-"))
-    stack = LocalStack(work / "stack")
+    stack = LocalStack(work / "stack", tied=True)
     info = stack.up()
     try:
         cfg = Config()

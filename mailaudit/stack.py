@@ -201,12 +201,18 @@ class LocalStack:
     ``clickhouse_tls=True`` adds a TLS native port (``StackInfo.clickhouse_secure_port``) with a
     certificate from a CA generated in ``state_dir/tls`` (``StackInfo.ca_file``); the plain port
     stays, for the stack's own readiness probe.
+
+    ``tied=True`` (benches, the test session): the servers are stopped (SIGTERM) by the kernel when
+    the thread that started them exits, however it exits: a bench killed by a signal or a timeout no
+    longer leaves two servers running on the machine. Start such a stack from a thread that lives as
+    long as the stack (the main thread). ``stack up`` leaves them running on purpose: it is untied.
     """
 
-    def __init__(self, state_dir: str | os.PathLike, clickhouse_tls: bool = False):
+    def __init__(self, state_dir: str | os.PathLike, clickhouse_tls: bool = False, tied: bool = False):
         self.dir = Path(state_dir).absolute()
         self.state_file = self.dir / "stack.json"
         self.clickhouse_tls = clickhouse_tls
+        self.tied = tied
 
     # -- state -------------------------------------------------------------------------------
     def info(self) -> StackInfo | None:
@@ -329,13 +335,13 @@ class LocalStack:
         (conf_dir / "config.xml").write_text(config)
         (conf_dir / "users.xml").write_text(_CH_USERS)
         cmd = clickhouse_binary() + [f"--config-file={conf_dir / 'config.xml'}"]
-        return _spawn(cmd, logs / "clickhouse.stdout.log", cwd=conf_dir)
+        return _spawn(cmd, logs / "clickhouse.stdout.log", cwd=conf_dir, tied=self.tied)
 
     def _start_kafka(self, port: int) -> int:
         url = f"tcp://127.0.0.1:{port}"
         cmd = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", "memory://tansu/"]
-        return _spawn(cmd, self.dir / "logs" / "kafka.log", cwd=self.dir)
+        return _spawn(cmd, self.dir / "logs" / "kafka.log", cwd=self.dir, tied=self.tied)
 
     def _wait_ready(self, info: StackInfo, timeout_s: float) -> None:
         self._wait_port(info.kafka_port, info.kafka_pid, "kafka", timeout_s)
@@ -367,9 +373,13 @@ class LocalStack:
                 time.sleep(0.2)
 
 
-def _spawn(cmd: list[str], log: Path, cwd: Path) -> int:
+def _spawn(cmd: list[str], log: Path, cwd: Path, tied: bool = False) -> int:
     # start_new_session: the servers outlive `mailaudit stack up` and are not hit by the
     # terminal's Ctrl-C; `stack down` (or the test fixture) stops them.
+    # tied: util-linux's setpriv sets the parent-death signal and execs the server (same pid), so the
+    # kernel stops it when we go, even on SIGKILL; no preexec_fn, which is unsafe in a threaded parent.
+    if tied and shutil.which("setpriv"):
+        cmd = ["setpriv", "--pdeathsig", "TERM", "--", *cmd]
     with open(log, "ab") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              cwd=cwd, start_new_session=True)

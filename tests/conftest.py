@@ -54,7 +54,7 @@ def _discard(d: Path) -> None:
 @pytest.fixture(scope="session")
 def local_stack(stack_dir):
     """The LocalStack object itself (fault tests stop/start its servers)."""
-    s = LocalStack(stack_dir / "stack")
+    s = LocalStack(stack_dir / "stack", tied=True)
     s.up()
     yield s
     t = time.monotonic()

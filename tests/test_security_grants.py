@@ -32,7 +32,7 @@ PASSWORDS = {u: "pw-" + secrets.token_hex(8) for u in USERS}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """An 18.16 server whose users.d holds exactly what --print-grants emits (with real hashes)."""
-    stack = LocalStack(tmp_path_factory.mktemp("grants") / "stack")
+    stack = LocalStack(tmp_path_factory.mktemp("grants") / "stack", tied=True)
     users_d = stack.dir / "clickhouse" / "users.d"
     users_d.mkdir(parents=True)
     (users_d / "mailaudit.xml").write_text(

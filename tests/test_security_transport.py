@@ -76,7 +76,7 @@ def broker_behind(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tls_clickhouse(tmp_path_factory):
-    s = LocalStack(tmp_path_factory.mktemp("tlsstack") / "stack", clickhouse_tls=True)
+    s = LocalStack(tmp_path_factory.mktemp("tlsstack") / "stack", clickhouse_tls=True, tied=True)
     info = s.up()
     yield info
     s.down()
