@@ -378,6 +378,7 @@ def _spawn(cmd: list[str], log: Path, cwd: Path, tied: bool = False) -> int:
     # terminal's Ctrl-C; `stack down` (or the test fixture) stops them.
     # tied: util-linux's setpriv sets the parent-death signal and execs the server (same pid), so the
     # kernel stops it when we go, even on SIGKILL; no preexec_fn, which is unsafe in a threaded parent.
+    # (A parent gone before setpriv's prctl escapes it; up() waits for the servers long after that.)
     if tied and shutil.which("setpriv"):
         cmd = ["setpriv", "--pdeathsig", "TERM", "--", *cmd]
     with open(log, "ab") as out:

@@ -28,6 +28,14 @@ def _sigkill(child: subprocess.Popen) -> None:
     child.wait(10)
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def test_spawned_tied_dies_with_its_parent_and_untied_does_not(tmp_path):
     child, (tied, untied) = _start_and_get_pids(f"""
         import time
@@ -40,6 +48,9 @@ def test_spawned_tied_dies_with_its_parent_and_untied_does_not(tmp_path):
         time.sleep(300)
     """)
     try:
+        # setpriv sets the parent-death signal and only then execs the command: kill the parent before
+        # that and nothing is set (a server's start-up wait covers this; a bare sleep does not)
+        wait_until(lambda: _comm(tied) == "sleep", 10, what="setpriv to exec the tied command")
         _sigkill(child)
         wait_until(lambda: not pid_alive(tied), 10, what="the tied process to go with its parent")
         time.sleep(0.5)
