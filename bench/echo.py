@@ -21,6 +21,7 @@ import argparse
 import json
 import signal
 import threading
+import time
 
 from mailaudit.config import load_config
 from mailaudit.detect.consumer import make_detect_consumer
@@ -29,8 +30,16 @@ from mailaudit.ingest.kafka_io import make_producer
 LEAK_MARK = b'"message_id":"<leak'      # bench.latency._leak's Message-ID, as the wire encoding writes it
 
 
-def run(cfg, stop: threading.Event) -> int:
-    """Echo leak copies until ``stop``; returns how many were echoed."""
+def _burn(cpu_s: float) -> None:
+    """Spend ``cpu_s`` of this thread's CPU (not wall time: a descheduled spin would burn less)."""
+    end = time.thread_time() + cpu_s
+    while time.thread_time() < end:
+        pass
+
+
+def run(cfg, stop: threading.Event, burn_us: float = 0.0) -> int:
+    """Echo leak copies until ``stop``; returns how many were echoed. ``burn_us``: CPU to spend per
+    record before echoing (a diagnostic: does the detector's CPU alone explain its extra latency?)."""
     consumer = make_detect_consumer(cfg, [cfg.kafka.topic_events])
     producer = make_producer(cfg.kafka)
     echoed = 0
@@ -38,6 +47,8 @@ def run(cfg, stop: threading.Event) -> int:
         while not stop.is_set():
             out = []
             for recs in consumer.poll(timeout_ms=100, max_records=cfg.kafka.max_poll_records).values():
+                if burn_us:
+                    _burn(len(recs) * burn_us / 1e6)
                 for r in recs:
                     if r.value and LEAK_MARK in r.value:
                         ev = json.loads(r.value)
@@ -58,11 +69,12 @@ def run(cfg, stop: threading.Event) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mailaudit.bench.echo", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="the TOML config the latency bench wrote for this run")
+    p.add_argument("--burn-us", type=float, default=0.0, help="CPU microseconds to spend per record (diagnostic)")
     args = p.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run(load_config(args.config), stop)
+    run(load_config(args.config), stop, args.burn_us)
     return 0
 
 

@@ -264,7 +264,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
         hist.flush()
         hist.close()
     if reader == "echo":                # the transport baseline (bench/echo.py): no detection, no rule paths
-        cmd, paths = [sys.executable, "-m", "mailaudit.bench.echo", "--config", str(path)], False
+        cmd, paths = [sys.executable, "-m", "mailaudit.bench.echo", "--config", str(path), *detect_args], False
     else:
         metrics_port = free_port()
         cmd = [sys.executable, "-m", "mailaudit", "--config", str(path), "detect", "--log-level", "WARNING",
@@ -410,7 +410,8 @@ def bench_latency(rates=(1000, 2000, 5000, 8000), duration_s: float = 60.0, leak
                   detect_args: tuple[str, ...] = (), baseline: bool = False) -> dict:
     """Latency per offered rate; ``plot``: write p50/p99 vs rate as a PNG there; ``info``: run on these
     servers (a ``StackInfo``) instead of a local stack; ``detect_args``: extra `mailaudit detect`
-    arguments (e.g. ``("--checkpoint-interval", "600")`` to see what checkpoints cost); ``baseline``:
+    arguments (e.g. ``("--checkpoint-interval", "600")`` to see what checkpoints cost), or of
+    ``bench/echo.py`` with ``baseline`` (``("--burn-us", "60")``); ``baseline``:
     the transport alone (``bench/echo.py`` in the detector's place). Every run attempted is reported
     (``runs``), with the median and the worst of their p99s."""
     reader = "echo" if baseline else "detect"

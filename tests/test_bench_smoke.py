@@ -74,7 +74,9 @@ def test_bench_latency_baseline_tiny(stack):
     to the alert topic, timed by the same watcher; no rule paths."""
     from mailaudit.bench.latency import bench_latency
 
-    out = bench_latency(rates=(300,), duration_s=3.0, leak_every_s=0.5, runs=1, info=stack, baseline=True)
+    # with the diagnostic CPU burn (bench/echo.py --burn-us) on, at a size that leaves it keeping up
+    out = bench_latency(rates=(300,), duration_s=3.0, leak_every_s=0.5, runs=1, info=stack, baseline=True,
+                        detect_args=("--burn-us", "20"))
     (r,) = out["by_rate"]
     (run,) = r["runs"]
     assert out["reader"] == run["reader"] == "echo"
