@@ -277,7 +277,9 @@ class DetectConsumer:
             while True:
                 recs, nxt = self.outbox.read(pos, 5000)
                 for r in recs:
-                    if "p" not in r or w.sink.name not in r.get("only", (w.sink.name,)):
+                    # A record without a partition (an alert of a service no engine holds any more) is
+                    # not handed over: its sinks still deliver it from this outbox.
+                    if r.get("p") is None or w.sink.name not in r.get("only", (w.sink.name,)):
                         continue
                     k = json.dumps(r, sort_keys=True)
                     entry = by_rec.get(k)
@@ -546,14 +548,18 @@ class DetectConsumer:
                 self.metrics.raise_delay.observe(delay)
 
     def _exposure_records(self) -> list[dict]:
-        rows = self.engine.take_exposures()
+        rows = self.engine.take_exposures_by_partition()
         if not rows:
             return []
         by_copy: dict[tuple[str, str], dict] = {}
-        for r in rows:
+        tps: dict[tuple[str, str], tuple[str, int]] = {}
+        for tp, r in rows:
             rec = by_copy.get((r.incident_id, r.event_id))
             if rec is None:
+                # A copy read before a restore (another replica's) is not in this cache: its service and
+                # envelope are then unknown here, but its partition is the engine's that raised the row.
                 service, campaign, recipients = self._envelopes.get(r.event_id, ("", "", ()))
+                tps[(r.incident_id, r.event_id)] = tp
                 rec = by_copy[(r.incident_id, r.event_id)] = {
                     "incident_id": r.incident_id, "event_id": r.event_id, "sent_ms": r.sent_at_ms,
                     "service": service, "campaign": campaign, "key_id": r.key_id,
@@ -564,8 +570,7 @@ class DetectConsumer:
             rec["exposed_masked"].append(r.address_masked)
             rec["exposed_domains"].append(r.domain)
         self.stats.exposure_rows += len(rows)
-        return [{"type": "exposure", "row": rec, "p": self.engine.partition_of(rec["service"])}
-                for rec in by_copy.values()]
+        return [{"type": "exposure", "row": rec, "p": tps[key]} for key, rec in by_copy.items()]
 
     def drain_sinks(self, timeout: float = 30.0) -> bool:
         return all(w.drain(timeout) for w in self.workers)

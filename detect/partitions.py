@@ -65,10 +65,12 @@ class PartitionedEngine:
         return out
 
     def take_exposures(self) -> list[ExposureRow]:
-        rows: list[ExposureRow] = []
-        for tp in sorted(self.engines):
-            rows.extend(self.engines[tp].take_exposures())
-        return rows
+        return [row for _, row in self.take_exposures_by_partition()]
+
+    def take_exposures_by_partition(self) -> list[tuple[TP, ExposureRow]]:
+        """Each row with the partition whose engine raised it: a row about a copy this replica never
+        read (state restored from another's checkpoint) has no other way to its partition."""
+        return [(tp, row) for tp in sorted(self.engines) for row in self.engines[tp].take_exposures()]
 
     def open_incidents(self):
         return [i for tp in sorted(self.engines) for i in self.engines[tp].open_incidents()]
