@@ -50,6 +50,8 @@ class Batch:
                          f"{len(value)} bytes > max_record_bytes {self._max_bytes}")
             return
         try:
+            if not self._extra and self.rows.add_raw(value, partition, offset):
+                return
             event = decode_event(value, self._extra)
             parsed = parse_event(event)
             self.rows.add(parsed, partition, offset)

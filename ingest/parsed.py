@@ -24,9 +24,7 @@ class ParsedEvent:
     @property
     def visible(self) -> tuple[str, ...]:
         """Addresses every recipient of this copy can read (To + Cc), duplicates removed, in order."""
-        if not self.cc.addresses:
-            return tuple(dict.fromkeys(self.to.addresses))
-        return tuple(dict.fromkeys(self.to.addresses + self.cc.addresses))
+        return visible_addresses(self.to.addresses, self.cc.addresses)
 
     @property
     def strangers(self) -> tuple[str, ...]:
@@ -45,6 +43,11 @@ class ParsedEvent:
     @property
     def has_bcc(self) -> bool:
         return self.event.bcc is not None and self.event.bcc.strip() != ""
+
+
+def visible_addresses(to: tuple[str, ...], cc: tuple[str, ...]) -> tuple[str, ...]:
+    """To + Cc addresses, duplicates removed, in order: what every recipient of the copy can read."""
+    return tuple(dict.fromkeys(to + cc if cc else to))
 
 
 def normalise_envelope(addresses: list[str]) -> tuple[str, ...]:
