@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import re
 import time
 
@@ -70,6 +71,18 @@ def test_hash_is_hmac_sha256_of_the_normalised_address():
     assert h.hash("john.doe@gmail.com") == expected
     assert h.hash(" <John.Doe@GMAIL.com> ") == expected
     assert re.fullmatch(r"[0-9a-f]{32}", expected)
+
+
+@pytest.mark.parametrize("key_len", [1, 16, 32, 63, 64, 65, 100, 200])
+def test_keyed_mac_is_hmac_sha256_for_keys_of_every_length(key_len):
+    # the padded key's states are hashed once (privacy._KeyedMac); a key past the block is hashed first
+    rng = random.Random(key_len)
+    key = bytes(rng.randrange(256) for _ in range(key_len))
+    h = AddressHasher(key)
+    for n in (0, 1, 55, 56, 64, 200):
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert h._mac(data) == hmac.new(key, data, hashlib.sha256).hexdigest()[:32]
+    assert h.hash("a@b.example") == hmac.new(key, b"a@b.example", hashlib.sha256).hexdigest()[:32]
 
 
 def test_hash_is_deterministic_across_instances_and_separates_keys():
