@@ -77,6 +77,9 @@ _FAST_LIST = {
     sep: re.compile(rf"[\s{sep}]*+(?:{_FAST_ITEM}(?:\s*+[{sep}][\s{sep}]*+{_FAST_ITEM})*+)?[\s{sep}]*+")
     for sep in (",", ",;")
 }
+# One element and nothing else (the To: of one copy per recipient, every From:): validated and the
+# address captured by one match, without the list's findall and count.
+_FAST_ONE = re.compile(rf"\s*+(?>{_PHRASE}<\s*+({_FAST_ADDR})\s*+>|({_FAST_ADDR}))\s*+")
 # An address starts at the start, after a separator or after '<' (nowhere else once validated).
 _FAST_FIND_ADDR = re.compile(rf"{_QUOTED}|(?<![^\s<,;])({_FAST_ADDR})")
 # Display-name lists: pulling out the angle contents is cheaper than trying every phrase position.
@@ -720,6 +723,13 @@ def _fast(value: str) -> ParsedHeader | None:
         if "=?" in _CLEAN_ENCODED_WORD_RX.sub(" ", s):
             return None
         encoded = True
+    if not semicolon and "," not in s:
+        one = _FAST_ONE.fullmatch(s)
+        if one is not None:
+            a = one[1] or one[2]
+            if encoded and "=?" in a:
+                return None
+            return ParsedHeader((a,), (a[a.index("@") + 1:],), encoded_words=encoded)
     if _FAST_LIST[",;" if semicolon else ","].fullmatch(s) is None:
         return None
     addrs = None

@@ -297,6 +297,25 @@ def test_property_lists_of_valid_addresses_come_back_exactly(items, joiner):
     assert res.domains == tuple(dict.fromkeys(a.rpartition("@")[2] for _, a in items))
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_rendered(), st.sampled_from(["", " ", "\t", "\r\n "]), st.sampled_from(["", " ", "\r\n"]))
+def test_property_one_element_takes_the_single_match_and_agrees(item, before, after):
+    text, addr = item
+    value = before + text + after
+    if "\r\n" in value:
+        value = A._UNFOLD.sub("", value)            # what _parse is given once unfolded
+    if "(" in text:                                # "addr (Name)": the comment is blanked first
+        assert A._fast_uncommented(value) == A._slow(value)
+        value = A._SIMPLE_COMMENT_RX.sub(" ", value)
+    m = A._FAST_ONE.fullmatch(value.lower())
+    assert m is not None and (m[1] or m[2]) == addr
+    fast = A._fast(value)
+    if ";" not in value:                           # a ';' in a quoted name: the full parser decides
+        assert fast is not None
+    if fast is not None:
+        assert fast == A._slow(value) and fast.addresses == (addr,)
+
+
 # Run-together leaks with realistic mailbox names on common domains. Only unambiguous joins can be
 # recovered by anyone: "x.co" + "mary" and "x.com" + "ary" are the same text.
 _REAL_LOCALS = ["john", "jane.doe", "a.smith", "mike_t", "olga", "peter.k", "lisa", "tom-b", "r.ng", "emma.kim",
