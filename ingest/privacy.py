@@ -228,6 +228,12 @@ def hash_text(key: bytes, text: str) -> str:
     return _mac(_check_key(key), _TEXT_PREFIX + _utf8(text if isinstance(text, str) else str(text)))
 
 
+def text_hasher(key: bytes):
+    """``hash_text`` under one key, the key's HMAC states computed once: for a batch's subjects."""
+    mac = _KeyedMac(_check_key(key))
+    return lambda text: mac(_TEXT_PREFIX + _utf8(text if isinstance(text, str) else str(text)))
+
+
 class AddressHasher:
     """HMAC-SHA256(key, normalised address) -> 32 hex chars; caches within a batch.
 

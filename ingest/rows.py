@@ -13,7 +13,7 @@ import json
 from mailaudit.config import PrivacyConfig
 from mailaudit.ingest.addresses import EMPTY, ParsedHeader, parse_address_list
 from mailaudit.ingest.parsed import ParsedEvent, normalise_envelope, visible_addresses
-from mailaudit.ingest.privacy import AddressHasher, hash_text
+from mailaudit.ingest.privacy import AddressHasher, text_hasher
 from mailaudit.ingest.wire import decode_row
 
 EVENT_COLUMNS = (
@@ -68,6 +68,7 @@ class EventRows:
         self._ix_cols: dict[str, list] | None = None
         self._addr: dict[str, tuple[str, str, str]] = {}   # address -> (hash, masked, domain)
         self._subjects: dict[str, str] = {}                # subject -> keyed hash (campaigns repeat them)
+        self._hash_subject = None                          # privacy.text_hasher, made at the first subject
         self.now = int(dt.datetime.now(_UTC).timestamp())
 
     def __len__(self) -> int:
@@ -83,6 +84,10 @@ class EventRows:
         if not addrs:
             return _EMPTY, _EMPTY, _EMPTY
         cache = self._addr
+        if len(addrs) == 1:                  # one copy per recipient: the usual To:
+            a = addrs[0]
+            info = cache.get(a) or self._new_info(a)
+            return [info[0]], [info[1]], [info[2]]
         hs, ms, ds = [], [], []
         for a in addrs:
             info = cache.get(a) or self._new_info(a)
@@ -144,7 +149,9 @@ class EventRows:
         if subj:
             subject_hash = self._subjects.get(subj)
             if subject_hash is None:
-                subject_hash = self._subjects[subj] = hash_text(self._key, subj)
+                if self._hash_subject is None:
+                    self._hash_subject = text_hasher(self._key)
+                subject_hash = self._subjects[subj] = self._hash_subject(subj)
         else:
             subject_hash = ""
         self._rows.append((                  # in EVENT_COLUMNS order

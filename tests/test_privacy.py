@@ -21,6 +21,7 @@ from mailaudit.ingest.privacy import (
     mask_address,
     normalise_address,
     redact_text,
+    text_hasher,
 )
 
 KEY = b"test-key-0123456789"
@@ -83,6 +84,12 @@ def test_keyed_mac_is_hmac_sha256_for_keys_of_every_length(key_len):
         data = bytes(rng.randrange(256) for _ in range(n))
         assert h._mac(data) == hmac.new(key, data, hashlib.sha256).hexdigest()[:32]
     assert h.hash("a@b.example") == hmac.new(key, b"a@b.example", hashlib.sha256).hexdigest()[:32]
+
+
+def test_text_hasher_is_hash_text():
+    th = text_hasher(KEY)
+    for text in ("Your receipt", "", "Ünïcode \ud800 lone", "x" * 300):
+        assert th(text) == hash_text(KEY, text)
 
 
 def test_hash_is_deterministic_across_instances_and_separates_keys():
