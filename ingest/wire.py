@@ -42,8 +42,8 @@ class Event:
     subject: str | None = None
     size_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # The event_id as parsed by the decoder's validation, kept so the ClickHouse driver need not parse
-    # it a second time (a UUID column takes UUID objects as they are, a string costs a parse per row).
+    # The event_id as a UUID when the decoder built one (a UUID column takes UUID objects as they are,
+    # a string costs a parse per row); None when the text was checked without building it.
     uid: uuid.UUID | None = field(default=None, compare=False, repr=False)
 
     def to_wire(self) -> dict[str, Any]:
@@ -225,6 +225,11 @@ def decode_row(raw: bytes) -> tuple[WireRow, int] | None:
     return _checked(_FAST_ROW, raw)
 
 
+# The form every mailer writes, checked by one match (~0.2 µs) instead of building a UUID (~1.2 µs):
+# the detector needs the id's text, not the object (a row takes ``decode_row``'s UUID).
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _decode_fast(raw: bytes) -> Event | None:
     """The typed decode, or None when the reference path must judge (or word) the input."""
     got = _checked(_FAST, raw)
@@ -232,10 +237,12 @@ def _decode_fast(raw: bytes) -> Event | None:
         return None
     w, sent_at_ms = got
     event_id = w.event_id
-    try:
-        uid = uuid.UUID(event_id)
-    except ValueError:
-        return None
+    uid = None
+    if _CANONICAL_UUID.fullmatch(event_id) is None:     # a UUID written otherwise: let uuid judge it
+        try:
+            uid = uuid.UUID(event_id)
+        except ValueError:
+            return None
     return Event(
         event_id=event_id.lower(),
         sent_at_ms=sent_at_ms,
