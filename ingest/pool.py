@@ -169,7 +169,10 @@ def _build_and_insert(segments: list[tuple]) -> tuple[int, list[Rejected]]:
             first = str(e).splitlines()[0][:300] if str(e) else ""
             raise WorkerWriteFailed(f"{type(e).__name__}: {first}") from None
         n, rejected = len(batch.rows), batch.rejected
-        del batch
+        # Every reference to the batch goes here (the bound ``add`` is one): a batch still alive when
+        # the collector comes back is scanned whole by the collection its allocations have already
+        # made due, ~20 ms every other batch (~2 us per event) spent on rows about to be freed.
+        del batch, add
     return n, rejected
 
 

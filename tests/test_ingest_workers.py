@@ -218,6 +218,35 @@ def test_worker_batch_runs_without_cyclic_gc_and_restores_it(make_cfg, monkeypat
     assert during == [False, False] and gc.isenabled(), "a failed batch left the collector off"
 
 
+def test_worker_batch_is_freed_before_the_collector_is_back(make_cfg, monkeypatch):
+    """The rows of a batch must be gone when the collector is re-enabled: the allocations of a batch
+    have made a collection due, and a batch still referenced would be scanned whole by it."""
+    import gc
+    import weakref
+
+    from mailaudit.ingest import pool, writer
+
+    cfg = make_cfg()
+    db = _setup(cfg)
+    values = [make_event(i).encode() for i in range(20)]
+    rows_ref, alive_at_enable = [], []
+    real_insert, real_enable = writer.insert_events, gc.enable
+
+    def insert(db_, rows):
+        rows_ref.append(weakref.ref(rows))
+        return real_insert(db_, rows)
+
+    def enable():
+        alive_at_enable.append(bool(rows_ref) and rows_ref[-1]() is not None)
+        real_enable()
+
+    monkeypatch.setattr(writer, "insert_events", insert)
+    monkeypatch.setattr(gc, "enable", enable)
+    monkeypatch.setattr(pool, "_worker", pool._Worker(cfg, db.capabilities.datetime64))
+    assert pool._build_and_insert([("t", 0, list(range(20)), [0] * 20, [None] * 20, values)])[0] == 20
+    assert alive_at_enable == [False], "the batch's rows were still referenced when the collector came back"
+
+
 def test_raw_batch_keeps_records_by_partition_run_with_offsets():
     """The loop hands a worker columns per partition run; the commit offsets and the size-or-age
     readiness must still count every record, in whatever mix of partitions a poll returns."""
