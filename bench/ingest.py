@@ -7,6 +7,9 @@ the very rows the consumer writes into tables of the same structure (the same mi
 same materialized view fires, and the address index rows are inserted too). Every side runs on one clock: from the first record received (for
 the insert: the first insert sent) to the last commit (the last insert acknowledged).
 
+Each side is timed on a quiet server: before it starts, the bench waits until ClickHouse has no merge
+left running from the side before (``quiet_server``; the waits are in each run's output).
+
 The consumer decodes batch N+1 while batch N is being inserted, so its ceiling is the slower of the
 two sides: the ratio is end-to-end events/s over ``min(bare consume, bare insert)``. The machine is
 shared and noisy: every run is listed with the load average around it, and the figures are medians.
@@ -74,6 +77,27 @@ def _publish(cfg: Config, msgs) -> None:
     p.close()
 
 
+def quiet_server(cfg: Config, timeout_s: float = 120.0) -> float:
+    """Wait until ClickHouse has no merge running (twice in a row, 0.5 s apart); seconds waited.
+
+    Every side that writes leaves the server merging its parts for tens of seconds afterwards (200,000
+    rows arrive as 40 parts per table). The sides run one after another, so without this each one was
+    timed while the previous one's merges took a share of the same two cores: the bare insert after a
+    consume that writes nothing, the consumer after the bare insert and the in-process consumer."""
+    db = Database(cfg.clickhouse)
+    t0 = time.monotonic()
+    quiet = 0
+    try:
+        while quiet < 2 and time.monotonic() - t0 < timeout_s:
+            busy = db.client.execute("SELECT count() FROM system.merges")[0][0]
+            quiet = quiet + 1 if busy == 0 else 0
+            if quiet < 2:
+                time.sleep(0.5)
+    finally:
+        db.disconnect()
+    return time.monotonic() - t0
+
+
 def loadavg() -> list[float]:
     """1, 5 and 15 minute load averages (the machine is shared: every figure carries them)."""
     return [float(x) for x in os.getloadavg()]
@@ -120,9 +144,10 @@ def _bare_table_db(cfg: Config) -> Database:
     return db
 
 
-def raw_insert(cfg: Config, msgs, batch_size: int) -> float:
+def raw_insert(cfg: Config, msgs, batch_size: int, before_timer=None) -> float:
     """rows/s of bare columnar inserts of the very rows the consumer writes (built beforehand) into a
-    table of the same structure: from the first insert sent to the last one acknowledged."""
+    table of the same structure: from the first insert sent to the last one acknowledged.
+    ``before_timer``: called once the rows are built, right before the clock starts."""
     db = _bare_table_db(cfg)
     hasher = AddressHasher(cfg.require_hash_key())
     batches = []
@@ -133,6 +158,8 @@ def raw_insert(cfg: Config, msgs, batch_size: int) -> float:
         b.rows.columns()                 # built beforehand: the timed part is the insert alone
         b.rows.index_columns()
         batches.append(b.rows)
+    if before_timer is not None:
+        before_timer()
     t0 = time.perf_counter()
     for rows in batches:
         with paused_gc():                # as an ingest worker inserts (ingest.pool._build_and_insert)
@@ -345,13 +372,16 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
             migrate(Database(cfg.clickhouse))
             _publish(cfg, msgs)
             load = loadavg()
+            waits = [quiet_server(cfg)]
             consume = raw_consume(cfg, len(msgs), batch_size)
-            insert = raw_insert(cfg, msgs, batch_size)
+            insert = raw_insert(cfg, msgs, batch_size, before_timer=lambda: waits.append(quiet_server(cfg)))
+            waits.append(quiet_server(cfg))
             e2e_in = end_to_end(cfg, len(msgs))
             e2e = e2e_in
             if workers:
                 wcfg = _variant(cfg, "_w")
                 wcfg.ingest.workers = workers
+                waits.append(quiet_server(cfg))
                 e2e = end_to_end(wcfg, len(msgs))
             ceiling = min(consume, insert)
             per_run.append({
@@ -370,6 +400,7 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
                 "bytes_per_event_on_disk_18_16": bytes_per_event(cfg),
                 "loadavg_before": load,
                 "loadavg_after": loadavg(),
+                "quiet_server_waits_s": [round(w, 1) for w in waits],
             })
     finally:
         if stack is not None:
@@ -384,7 +415,8 @@ def bench_ingest(n: int = 50_000, runs: int = 3, state_dir: str | None = None, b
     result.update({"events": len(msgs), "runs": runs, "batch_size": batch_size, "workers": workers,
                    "raw_limit_definition": "min(bare consume, bare insert): decode and insert overlap, so the slower "
                                            "side is the ceiling; every side timed from the first record received "
-                                           "to the last commit, on the same table structure",
+                                           "to the last commit, on the same table structure, each started once "
+                                           "ClickHouse has no merge left running from the side before",
                    "per_run": per_run})
     return result
 

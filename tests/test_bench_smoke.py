@@ -30,6 +30,8 @@ def test_bench_ingest_tiny(stack):
         assert _positive(run["cpu_us_per_event_workers"]) and 0 < run["cpu_busy_pct"] <= 100
         assert run["raw_limit_events_per_s"] == min(run["raw_consume_msgs_per_s"], run["raw_insert_rows_per_s"])
         assert _load(run["loadavg_before"]) and _load(run["loadavg_after"])
+        # before each side: the consume, the bare insert's clock, the in-process and the workers' consumer
+        assert len(run["quiet_server_waits_s"]) == 4 and all(0 <= w < 120 for w in run["quiet_server_waits_s"])
     assert sorted(out["per_run"], key=lambda r: r["ratio"])[0]["ratio"] <= out["ratio"]
     for k in ("1_process", "2_process"):
         assert len(out["scaling_runs"][k]) == 1 and _positive(out["scaling_events_per_s"][k])
