@@ -65,7 +65,7 @@ def test_survivor_takes_over_a_killed_replica_alerts_equal_the_backtest(make_cfg
     create_topics(cfg.kafka)
     db = Database(cfg.clickhouse)
     migrate(db)
-    events = list(Simulator(seed=21, rate=20.0).events(
+    events = list(Simulator(seed=21, rate=40.0).events(
         1800, incident=["concatenated_to", "cc_leak", "bcc_left", "run_together"], incident_at_s=300))
     expected_ids, expected_incidents = _expected(cfg, events)
     assert len(expected_ids) >= 8 and len(expected_incidents) >= 4
