@@ -98,6 +98,15 @@ def test_broker_probe_tiny(stack):
     assert all(0 < s["median_ms"] <= s["max_ms"] < float("inf") for s in sizes), sizes
 
 
+def test_ingest_build_tiny():
+    from mailaudit.bench.ingest_build import ingest_build
+
+    out = ingest_build(n=1200, passes=2, batch_size=500)
+    assert out["events"] == 1200 and out["rows"] == 1200              # simulator traffic: every record stored
+    assert len(out["cpu_us_per_event_passes"]) == 2 and _positive(out["cpu_us_per_event"])
+    assert out["cpu_us_per_event"] <= max(out["cpu_us_per_event_passes"])
+
+
 @pytest.mark.servers
 def test_bench_dashboard_tiny(stack):
     from mailaudit.bench.dashboard import bench_dashboard
