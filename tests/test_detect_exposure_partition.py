@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from helpers import make_event
 from mailaudit.detect.consumer import DetectConsumer
 from mailaudit.ingest.clickhouse import Database
 from mailaudit.ingest.parsed import parse_event
@@ -23,9 +24,9 @@ T0 = 1_800_000_000_000
 
 
 def _mail(ms: int, to: str, envelope: list[str]) -> Event:
-    return Event(event_id=str(uuid.uuid4()), sent_at_ms=ms, service="calendar",
-                 message_id=f"<{uuid.uuid4().hex}@cal.example.com>", from_="Cal <cal@shop.example>",
-                 to=to, envelope_to=envelope, campaign="invites")
+    return make_event(service="calendar", to=to, envelope=envelope, event_id=str(uuid.uuid4()), sent_at_ms=ms,
+                      message_id=f"<{uuid.uuid4().hex}@cal.example.com>", from_="Cal <cal@shop.example>",
+                      campaign="invites")
 
 
 @pytest.mark.servers

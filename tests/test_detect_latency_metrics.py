@@ -10,7 +10,7 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from helpers import wait_until
+from helpers import make_event, wait_until
 from mailaudit.bench.latency import histogram_quantiles
 from mailaudit.detect.consumer import DetectConsumer
 from mailaudit.ingest.clickhouse import Database
@@ -24,9 +24,10 @@ BACKDATE_S = 3.0
 
 def _leak(now_ms: int) -> Event:
     victims = [f"reader{j}@example.org" for j in range(25)]
-    return Event(event_id=str(uuid.uuid4()), sent_at_ms=now_ms, service="newsletter",
-                 message_id=f"<{uuid.uuid4().hex}@mailer.example.com>", from_="News <news@shop.example>",
-                 to=", ".join(victims), envelope_to=[victims[0]], campaign=f"c-{uuid.uuid4().hex[:6]}")
+    return make_event(service="newsletter", to=", ".join(victims), envelope=[victims[0]],
+                      event_id=str(uuid.uuid4()), sent_at_ms=now_ms,
+                      message_id=f"<{uuid.uuid4().hex}@mailer.example.com>", from_="News <news@shop.example>",
+                      campaign=f"c-{uuid.uuid4().hex[:6]}")
 
 
 def _sample(reg, name, **labels):
