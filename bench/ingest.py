@@ -198,7 +198,7 @@ def _cpu_snapshot(consumer) -> dict:
     out = {"consumer": proc_cpu(str(os.getpid()))[1], "workers": 0.0, "clickhouse": 0.0, "broker": 0.0}
     pool = getattr(consumer, "pool", None)
     if pool is not None:
-        for pid in list(pool._pool._processes or ()):
+        for pid in pool.pids():
             try:
                 out["workers"] += proc_cpu(str(pid))[1]
             except (OSError, ValueError):

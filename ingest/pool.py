@@ -8,6 +8,11 @@ records and the key), so that work can run in other processes, as getsentry/arro
 place (Kafka polling, the order of commits, the DLQ producer), and hands each batch's raw records to a
 worker that builds the rows and inserts them itself.
 
+A worker holds two batches: while one is being inserted (most of that time is ClickHouse's, with
+the worker's GIL released), the next one is decoded, as the issue's "insert of batch N overlapped with
+decode of N+1" asks. Never more than two: the decode of a third waits for the insert slot, so a
+worker's memory is bounded at two batches of rows, and the loop hands a worker at most two batches.
+
 Nothing about the guarantees changes: a batch's offsets are committed by the loop, in order, only
 after its worker returned from a successful insert; a failed or lost worker (an exception, a killed
 process) makes the write fail, and the consumer retries the whole batch as it retries any failed
@@ -23,15 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import multiprocessing
 import os
+import queue
 import sys
 import threading
 import time
 import types
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from typing import Iterable
 
 from mailaudit.config import Config
@@ -104,7 +110,12 @@ class RawBatch:
 
 # -- the worker process ------------------------------------------------------------------------------
 
-_worker = None
+# A worker runs with the cyclic collector off: a batch's rows are alive from its decode to the end of
+# its insert, and with two batches overlapping one always is, so a collection at any moment would
+# re-scan a whole batch (~20 ms). Rows hold no cycles and are freed by reference counting; the little
+# garbage with cycles (a failed insert's exception, the driver's reconnects) is collected every this
+# many batches, and after each failure.
+COLLECT_EVERY = 16
 
 
 class _Worker:
@@ -119,11 +130,8 @@ class _Worker:
 
 
 def _exit_with_parent(parent: int) -> None:
-    """A worker must not outlive its consumer: a SIGKILLed consumer cannot stop it, and the worker
-    holds both ends of its task pipe, so it would wait for work forever."""
-    import os
-    import threading
-
+    """A worker must not outlive its consumer: a SIGKILLed consumer cannot stop it, and it would wait
+    for work forever."""
     def watch():
         while os.getppid() == parent:
             time.sleep(0.5)
@@ -132,48 +140,108 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _init_worker(cfg: Config, datetime64: bool, parent: int) -> None:
-    from mailaudit.ingest.consumer import GC_THRESHOLDS
-
-    global _worker
-    _exit_with_parent(parent)
-    gc.set_threshold(*GC_THRESHOLDS)
-    _worker = _Worker(cfg, datetime64)
-
-
-def _ping() -> bool:
-    return _worker is not None
-
-
-def _build_and_insert(segments: list[tuple]) -> tuple[int, list[Rejected]]:
-    """Decode, parse and hash a ``RawBatch``'s segments into rows and insert them (events + address
-    index)."""
+def build(w: _Worker, segments: list[tuple]):
+    """Decode, parse and hash a ``RawBatch``'s segments into an ``ingest.batch.Batch`` (rows and
+    rejects); offsets are the loop's business."""
     from mailaudit.ingest.batch import Batch
+
+    batch = Batch(w.cfg, w.hasher, datetime64=w.datetime64)
+    add = batch.add_record
+    for topic, partition, offsets, timestamps, keys, values in segments:
+        for offset, ts, key, value in zip(offsets, timestamps, keys, values):
+            add(topic, partition, offset, ts, key, value)
+    return batch
+
+
+def insert(w: _Worker, batch) -> int:
+    """Insert a built batch (events + address index); a failure becomes ``WorkerWriteFailed``."""
     from mailaudit.ingest.writer import insert_events
 
-    w = _worker
-    # No cyclic collection while a batch is built and sent: everything it allocates is alive until
-    # the insert returned (the collector could only re-scan it, ~7 % of a worker's time), and is freed
-    # by reference counting when this returns. Re-enabled with the batch gone, so only garbage that
-    # outlives a batch is ever counted towards a collection.
-    with paused_gc():
-        batch = Batch(w.cfg, w.hasher, datetime64=w.datetime64)
-        add = batch.add_record          # offsets are the loop's business (RawBatch)
-        for topic, partition, offsets, timestamps, keys, values in segments:
-            for offset, ts, key, value in zip(offsets, timestamps, keys, values):
-                add(topic, partition, offset, ts, key, value)
+    try:
+        insert_events(w.db, batch.rows)
+    except Exception as e:  # noqa: BLE001 - reported to the loop, which retries the batch
+        w.db.disconnect()
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        raise WorkerWriteFailed(f"{type(e).__name__}: {first}") from None
+    return len(batch.rows)
+
+
+class WorkerLoop:
+    """One worker process's work: this thread receives and decodes batches, an ``ingest-insert``
+    thread inserts them; replies ``(seq, True, (rows, rejected))`` or ``(seq, False, message)`` in the
+    order the inserts finish. Runs until the task pipe closes (its consumer is gone or closing)."""
+
+    def __init__(self, w: _Worker, tasks, results, collect_every: int = COLLECT_EVERY):
+        self.w = w
+        self.tasks = tasks
+        self.results = results
+        self.collect_every = collect_every
+        self._slot = threading.Semaphore(1)        # one batch being inserted
+        self._handoff: queue.SimpleQueue = queue.SimpleQueue()
+        self._send_lock = threading.Lock()
+        self._done = 0
+
+    def _reply(self, msg) -> None:
+        with self._send_lock:
+            self.results.send(msg)
+
+    def run(self) -> None:
+        inserter = threading.Thread(target=self._insert_loop, name="ingest-insert", daemon=True)
+        inserter.start()
         try:
-            insert_events(w.db, batch.rows)
-        except Exception as e:  # noqa: BLE001 - reported to the loop, which retries the batch
-            w.db.disconnect()
-            first = str(e).splitlines()[0][:300] if str(e) else ""
-            raise WorkerWriteFailed(f"{type(e).__name__}: {first}") from None
-        n, rejected = len(batch.rows), batch.rejected
-        # Every reference to the batch goes here (the bound ``add`` is one): a batch still alive when
-        # the collector comes back is scanned whole by the collection its allocations have already
-        # made due, ~20 ms every other batch (~2 us per event) spent on rows about to be freed.
-        del batch, add
-    return n, rejected
+            while True:
+                try:
+                    seq, segments = self.tasks.recv()
+                except (EOFError, OSError):
+                    return
+                try:
+                    batch = build(self.w, segments)
+                except Exception as e:  # noqa: BLE001 - a bug in decoding must fail the batch, not the worker
+                    log.exception("building a batch failed")
+                    self._reply((seq, False, f"{type(e).__name__}: {str(e)[:300]}"))
+                    continue
+                finally:
+                    del segments
+                self._slot.acquire()               # the previous batch's insert has returned
+                self._handoff.put((seq, batch))
+                del batch
+        finally:
+            self._handoff.put(None)
+            inserter.join()
+
+    def _insert_loop(self) -> None:
+        while True:
+            item = self._handoff.get()
+            if item is None:
+                return
+            seq, batch = item
+            del item
+            try:
+                n = insert(self.w, batch)
+                reply = (seq, True, (n, batch.rejected))
+                failed = False
+            except WorkerWriteFailed as e:
+                reply = (seq, False, str(e))
+                failed = True
+            # The rows are freed before the reply: once the loop hears of this batch, the worker holds
+            # at most the one being decoded.
+            del batch
+            self._slot.release()
+            self._done += 1
+            if failed or self._done % self.collect_every == 0:
+                gc.collect()
+            try:
+                self._reply(reply)
+            except (BrokenPipeError, OSError):
+                return                             # the consumer is gone
+
+
+def _worker_main(cfg: Config, datetime64: bool, parent: int, tasks, results) -> None:
+    _exit_with_parent(parent)
+    gc.disable()
+    w = _Worker(cfg, datetime64)
+    results.send(("ready", os.getpid()))
+    WorkerLoop(w, tasks, results).run()
 
 
 @contextlib.contextmanager
@@ -207,44 +275,136 @@ def _no_main_reimport():
         sys.modules["__main__"] = main
 
 
+class _Proc:
+    """The consumer's end of one worker process: its pipes and the batches handed to it."""
+
+    def __init__(self, process, tasks, results):
+        self.process = process
+        self.tasks = tasks                   # consumer -> worker
+        self.results = results               # worker -> consumer
+        self.pending: dict[int, Future] = {}
+        self.send_lock = threading.Lock()
+        self.alive = True
+
+
 class BuildPool:
-    """The worker processes. ``run(records)`` blocks the calling thread (the consumer's writer thread)
-    until a worker stored them; a lost worker is replaced and the call fails, to be retried."""
+    """The worker processes. ``run(segments)`` blocks the calling thread (one of the consumer's writer
+    threads) until a worker stored them. A worker takes at most two batches (``PER_WORKER``): one being
+    inserted, one being decoded; further callers wait for a free place. A worker that dies fails the
+    batches it held and is replaced; the failed ones are retried by the consumer."""
+
+    PER_WORKER = 2
 
     def __init__(self, cfg: Config, datetime64: bool, workers: int):
         self.cfg = cfg
         self.datetime64 = datetime64
         self.workers = max(1, int(workers))
-        self._lock = threading.Lock()
-        self._pool = self._start()
+        self._ctx = multiprocessing.get_context("spawn")   # fork would copy the consumer's threads' locks
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._closed = False
+        self._procs: list[_Proc] = [self._start() for _ in range(self.workers)]
 
-    def _start(self) -> ProcessPoolExecutor:
-        # spawn: the consumer has threads (kafka-python's, the writer), and fork would copy their locks.
-        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.cfg, self.datetime64, os.getpid()))
-        # Start every worker now (imports take ~1 s), not on the first batch. The processes are started
-        # by these submits (a pool never replaces a dead worker: a broken pool is rebuilt here).
+    def pids(self) -> list[int]:
+        with self._cond:
+            return [p.process.pid for p in self._procs]
+
+    def _start(self) -> _Proc:
+        task_r, task_w = self._ctx.Pipe(duplex=False)
+        res_r, res_w = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=_worker_main, name="mailaudit-ingest-worker", daemon=True,
+                                    args=(self.cfg, self.datetime64, os.getpid(), task_r, res_w))
         with _no_main_reimport():
-            futures = [pool.submit(_ping) for _ in range(self.workers)]
-        for f in futures:
-            f.result(timeout=120)
-        return pool
+            process.start()
+        # Only the worker holds these ends now: its death closes them, and our reads see EOF.
+        task_r.close()
+        res_w.close()
+        proc = _Proc(process, task_w, res_r)
+        # Ready before the first batch (imports take ~1 s).
+        if not res_r.poll(120) or res_r.recv()[0] != "ready":
+            process.kill()
+            raise RuntimeError("an ingest worker process did not start")
+        threading.Thread(target=self._read_results, args=(proc,), name="ingest-worker-results", daemon=True).start()
+        return proc
+
+    def _read_results(self, proc: _Proc) -> None:
+        while True:
+            try:
+                seq, ok, payload = proc.results.recv()
+            except (EOFError, OSError):
+                break
+            with self._cond:
+                fut = proc.pending.pop(seq, None)
+                self._cond.notify_all()
+            if fut is not None:
+                if ok:
+                    fut.set_result(payload)
+                else:
+                    fut.set_exception(WorkerWriteFailed(payload))
+        self._lost(proc)
+
+    def _lost(self, proc: _Proc) -> None:
+        """The worker's pipe closed: unless closing, start its replacement, then fail what it held (so
+        the consumer's retry of those batches finds a worker)."""
+        with self._cond:
+            proc.alive = False
+            failed = list(proc.pending.values())
+            proc.pending.clear()
+            closing = self._closed
+        proc.process.join(5)
+        proc.tasks.close()
+        proc.results.close()
+        new = None
+        if not closing:
+            log.error("an ingest worker process died; starting a new one (its %d batches will be retried)",
+                      len(failed))
+            try:
+                new = self._start()
+            except Exception:  # noqa: BLE001 - tried again below; batches wait for a worker meanwhile
+                log.exception("starting a replacement ingest worker failed")
+            with self._cond:
+                if new is not None and self._closed:
+                    new.tasks.close()               # closed meanwhile: this worker ends at once
+                    new.process.join(5)
+                elif new is not None:
+                    self._procs[self._procs.index(proc)] = new
+                self._cond.notify_all()
+        for fut in failed:
+            fut.set_exception(WorkerWriteFailed("ingest worker process died"))
+        if not closing and new is None:
+            threading.Timer(self.cfg.ingest.retry_initial_s, self._lost, args=(proc,)).start()
 
     def run(self, segments: list[tuple]) -> tuple[int, list[Rejected]]:
-        """``segments``: a ``RawBatch``'s."""
-        pool = self._pool
+        """``segments``: a ``RawBatch``'s. Returns (rows stored, rejected records)."""
+        fut: Future = Future()
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise WorkerWriteFailed("ingest workers are closed")
+                free = [p for p in self._procs if p.alive and len(p.pending) < self.PER_WORKER]
+                if free:
+                    break
+                self._cond.wait()
+            proc = min(free, key=lambda p: len(p.pending))
+            seq = next(self._seq)
+            proc.pending[seq] = fut
         try:
-            return pool.submit(_build_and_insert, segments).result()
-        except BrokenProcessPool:
-            # Every batch in flight sees the same broken pool (one writer thread each): the first one
-            # here replaces it, the others only fail and are retried on the new one (without the check
-            # each would start a pool; the unused ones' workers stop when their executor is collected).
-            with self._lock:
-                if self._pool is pool:
-                    log.error("an ingest worker process died; starting new ones (its batches will be retried)")
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    self._pool = self._start()
-            raise WorkerWriteFailed("ingest worker process died") from None
+            with proc.send_lock:
+                proc.tasks.send((seq, segments))
+        except (BrokenPipeError, OSError):
+            pass        # the worker died: its reader fails ``fut`` (it is pending there)
+        return fut.result()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._cond:
+            self._closed = True
+            procs = list(self._procs)
+            self._cond.notify_all()
+        for p in procs:
+            with contextlib.suppress(OSError):
+                p.tasks.close()        # the worker finishes what it holds, then its loop ends
+        for p in procs:
+            p.process.join(30)
+            if p.process.is_alive():
+                p.process.kill()
+                p.process.join(5)

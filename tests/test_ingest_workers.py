@@ -29,7 +29,7 @@ def test_workers_store_valid_once_and_dead_letter_malformed(make_cfg):
         wait_until(lambda: db.execute("SELECT count() FROM {db}.errors FINAL")[0][0] == len(MALFORMED), 30,
                    what="errors rows")
         wait_until(lambda: _committed(cfg) == 600 + len(MALFORMED), 30, what="every offset committed")
-        worker_pids = list(consumer.pool._pool._processes)
+        worker_pids = consumer.pool.pids()
     # A raw batch may run over by one poll of at most batch_size records: at most twice the size.
     assert consumer.stats.batches >= (600 + len(MALFORMED)) // (2 * 60), "the batches were not cut by size"
     assert consumer.stats.inserted == 600 and consumer.stats.rejected == len(MALFORMED)
@@ -56,12 +56,12 @@ def test_worker_killed_mid_stream_is_replaced_and_nothing_is_lost(make_cfg):
     with ConsumerThread(cfg) as consumer:
         _publish(cfg, events[:300])
         wait_until(lambda: _count(db) >= 100, 60, what="first batches")
-        first = list(consumer.pool._pool._processes)
+        first = consumer.pool.pids()
         os.kill(first[0], signal.SIGKILL)
         _publish(cfg, events[300:])
         wait_until(lambda: _count(db) == n, 90, what=f"{n} events after the worker died")
         wait_until(lambda: _committed(cfg) == n, 30, what="every offset committed")
-        replaced = list(consumer.pool._pool._processes)
+        replaced = consumer.pool.pids()
     assert first[0] not in replaced and len(replaced) == 2
     raw, distinct = _raw(db)
     assert distinct == n
@@ -134,7 +134,7 @@ def test_workers_do_not_rerun_the_parents_main_script(make_cfg, tmp_path, monkey
     _setup(cfg)
     c = IngestConsumer(cfg)
     try:
-        assert c.pool is not None and len(c.pool._pool._processes) == 1
+        assert c.pool is not None and len(c.pool.pids()) == 1
     finally:
         c.close()
     assert sys.modules["__main__"] is fake
@@ -157,7 +157,7 @@ def test_batches_in_flight_on_a_dead_worker_fail_and_the_pool_is_replaced(make_c
     _setup(cfg)
     pool = BuildPool(cfg, False, 1)
     try:
-        old = list(pool._pool._processes)
+        old = pool.pids()
         n = 60000
         records = [(cfg.kafka.topic_events, 0, list(range(n)), [0] * n, [b"k"] * n,
                     [make_event(i).encode() for i in range(n)])]       # one RawBatch segment
@@ -177,7 +177,7 @@ def test_batches_in_flight_on_a_dead_worker_fail_and_the_pool_is_replaced(make_c
         for t in threads:
             t.join(120)
         assert len(results) == 2 and all(isinstance(r, WorkerWriteFailed) for r in results), results
-        new = list(pool._pool._processes)
+        new = pool.pids()
         assert len(new) == 1 and new[0] not in old
         wait_until(lambda: _spawned_children() == set(new), 20, what="only the new pool's worker alive")
         t, p, offs, ts, keys, values = records[0]
@@ -186,41 +186,88 @@ def test_batches_in_flight_on_a_dead_worker_fail_and_the_pool_is_replaced(make_c
         pool.close()
 
 
-def test_worker_batch_runs_without_cyclic_gc_and_restores_it(make_cfg, monkeypatch):
-    """A worker holds the collector off while it builds and sends a batch (everything is alive until
-    the insert returns) and must hand it back afterwards, on failure too, or a long-running worker
-    would never collect garbage cycles at all. Run in this process against the real server."""
-    import gc
+def _loop_in_thread(pool_mod, w, collect_every=16):
+    """A worker's loop (``WorkerLoop``) run on a thread of this process with real pipes, as a worker
+    process runs it; returns (send a task, receive a reply, stop)."""
+    import multiprocessing
+    import threading
+
+    task_r, task_w = multiprocessing.Pipe(duplex=False)
+    res_r, res_w = multiprocessing.Pipe(duplex=False)
+    loop = pool_mod.WorkerLoop(w, task_r, res_w, collect_every=collect_every)
+    t = threading.Thread(target=loop.run, daemon=True)
+    t.start()
+
+    def recv(timeout=30):
+        assert res_r.poll(timeout), "no reply from the worker loop"
+        return res_r.recv()
+
+    def stop():
+        task_w.close()
+        t.join(30)
+        assert not t.is_alive(), "the worker loop did not end when its task pipe closed"
+
+    return task_w.send, recv, stop
+
+
+def _segments(values, topic="t"):
+    n = len(values)
+    return [(topic, 0, list(range(n)), [0] * n, [None] * n, values)]      # one RawBatch segment
+
+
+def test_worker_decodes_the_next_batch_while_one_is_inserted_and_never_a_third(make_cfg, monkeypatch):
+    """The overlap the pool exists for, and its bound: batch 2 is decoded while batch 1's insert is
+    still waiting on ClickHouse, but batch 3 is not decoded until that insert returned (at most two
+    batches of rows in a worker). Replies carry each batch's rows and rejects, against the real server."""
+    import threading
 
     from mailaudit.ingest import pool, writer
 
     cfg = make_cfg()
     db = _setup(cfg)
-    values = [make_event(i).encode() for i in range(50)] + [b"{"]
-    records = [("t", 0, list(range(51)), [0] * 51, [None] * 51, values)]     # one RawBatch segment
-    during = []
-    real_insert = writer.insert_events
+    release = threading.Event()
+    inserting, built = [], []
+    real_insert, real_build = writer.insert_events, pool.build
 
     def insert(db_, rows):
-        during.append(gc.isenabled())
+        inserting.append(len(rows))
+        if len(inserting) == 1:
+            assert release.wait(30)
         return real_insert(db_, rows)
 
+    def build(w, segments):
+        b = real_build(w, segments)
+        built.append(len(b.rows))
+        return b
+
     monkeypatch.setattr(writer, "insert_events", insert)
-    monkeypatch.setattr(pool, "_worker", pool._Worker(cfg, db.capabilities.datetime64))
-    n, rejected = pool._build_and_insert(records)
-    assert (n, [r.reason for r in rejected]) == (50, ["invalid_json"])
-    assert during == [False], "the collector was on while the batch was sent"
-    assert gc.isenabled(), "the collector stayed off after the batch"
-    assert _count(db) == 50
-    pool._worker.db = type(db)(make_cfg(clickhouse__url="clickhouse://default:@127.0.0.1:1/x").clickhouse)
-    with pytest.raises(pool.WorkerWriteFailed):
-        pool._build_and_insert(records)
-    assert during == [False, False] and gc.isenabled(), "a failed batch left the collector off"
+    monkeypatch.setattr(pool, "build", build)
+    send, recv, stop = _loop_in_thread(pool, pool._Worker(cfg, db.capabilities.datetime64))
+    try:
+        send((1, _segments([make_event(i).encode() for i in range(10)] + [b"{"])))
+        send((2, _segments([make_event(i).encode() for i in range(10, 30)])))
+        send((3, _segments([make_event(i).encode() for i in range(30, 60)])))
+        wait_until(lambda: built == [10, 20], 30, what="batch 2 decoded during batch 1's insert")
+        time.sleep(0.5)
+        assert built == [10, 20] and inserting == [10], "a third batch was decoded while one was being inserted"
+        release.set()
+        replies = {}
+        for _ in range(3):
+            seq, ok, payload = recv()
+            replies[seq] = (ok, payload[0], [r.reason for r in payload[1]])
+    finally:
+        release.set()
+        stop()
+    assert replies == {1: (True, 10, ["invalid_json"]), 2: (True, 20, []), 3: (True, 30, [])}
+    assert built == [10, 20, 30] and inserting == [10, 20, 30]
+    assert _count(db) == 60
 
 
-def test_worker_batch_is_freed_before_the_collector_is_back(make_cfg, monkeypatch):
-    """The rows of a batch must be gone when the collector is re-enabled: the allocations of a batch
-    have made a collection due, and a batch still referenced would be scanned whole by it."""
+def test_worker_frees_a_batch_before_replying_and_collects_cycles_periodically_and_after_failure(make_cfg, monkeypatch):
+    """A worker runs with the cyclic collector off (with two batches overlapping, one is always alive
+    and any collection would scan it whole); so garbage cycles must still be collected: every
+    ``collect_every`` batches and after a failed insert. And the rows of a batch are gone when the
+    loop hears of it, so a worker never holds more than the batch being decoded plus one."""
     import gc
     import weakref
 
@@ -228,23 +275,32 @@ def test_worker_batch_is_freed_before_the_collector_is_back(make_cfg, monkeypatc
 
     cfg = make_cfg()
     db = _setup(cfg)
-    values = [make_event(i).encode() for i in range(20)]
-    rows_ref, alive_at_enable = [], []
-    real_insert, real_enable = writer.insert_events, gc.enable
+    rows_refs, collected = [], []
+    real_insert, real_collect = writer.insert_events, gc.collect
 
     def insert(db_, rows):
-        rows_ref.append(weakref.ref(rows))
+        rows_refs.append(weakref.ref(rows))
         return real_insert(db_, rows)
 
-    def enable():
-        alive_at_enable.append(bool(rows_ref) and rows_ref[-1]() is not None)
-        real_enable()
-
     monkeypatch.setattr(writer, "insert_events", insert)
-    monkeypatch.setattr(gc, "enable", enable)
-    monkeypatch.setattr(pool, "_worker", pool._Worker(cfg, db.capabilities.datetime64))
-    assert pool._build_and_insert([("t", 0, list(range(20)), [0] * 20, [None] * 20, values)])[0] == 20
-    assert alive_at_enable == [False], "the batch's rows were still referenced when the collector came back"
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(len(rows_refs)) or real_collect(*a))
+    w = pool._Worker(cfg, db.capabilities.datetime64)
+    send, recv, stop = _loop_in_thread(pool, w, collect_every=3)
+    try:
+        for seq in range(1, 5):
+            send((seq, _segments([make_event(seq * 100 + i).encode() for i in range(5)])))
+            got, ok, payload = recv()
+            assert (got, ok, payload[0]) == (seq, True, 5)
+            assert rows_refs[-1]() is None, "the batch's rows were still alive when its reply was sent"
+        assert collected == [3], "no periodic collection (every 3 batches)"
+        w.db = type(db)(make_cfg(clickhouse__url="clickhouse://default:@127.0.0.1:1/x").clickhouse)
+        send((5, _segments([make_event(999).encode()])))
+        got, ok, message = recv()
+        assert (got, ok) == (5, False) and "Error" in message
+        assert collected == [3, 5], "no collection after a failed insert"
+    finally:
+        stop()
+    assert _count(db) == 20
 
 
 def test_raw_batch_keeps_records_by_partition_run_with_offsets():
