@@ -5,10 +5,12 @@ The loop: poll → ``Batch.submit`` → when the batch is ready (size or age), i
 that write returned, the batch's offsets are committed. In-process, at most one write is in flight: a
 full next batch waits for it, so memory is bounded at two batches (one being written, one being
 decoded). With ``ingest.workers`` (ingest/pool.py) the loop keeps only the raw records of the batch in
-hand and each worker decodes and writes one batch: at most 2 x ``workers`` batches handed over (the
-extra ones wait, as raw bytes, for a free worker) plus the batch in hand. Either way batches are committed in order: a batch that finished early waits for the older
-ones. Offsets are committed only after the write returned, so a crash at
-any point re-delivers an uncommitted batch and the ReplacingMergeTree collapses the repeats.
+hand and hands each batch to a worker process, which decodes one batch while it inserts the one before:
+at most 3 x ``workers`` batches handed over (two held by each worker, one more per worker waiting as
+raw bytes) plus the batch in hand. Either way
+batches are committed in order: a batch that finished early waits for the older ones. Offsets are
+committed only after the write returned, so a crash at any point re-delivers an uncommitted batch and
+the ReplacingMergeTree collapses the repeats.
 
 While ClickHouse (or the DLQ topic) is down the write is retried with exponential backoff; the
 assigned partitions are paused meanwhile and ``poll`` keeps the group membership alive, so nothing is
@@ -96,11 +98,11 @@ class IngestConsumer:
         self._retrying = False
         self._abandon = False
         # Writes in flight, oldest first: (batch, future, started). In-process, one at a time (one
-        # writer thread, so writes never overlap); with workers, one per worker, committed in order.
-        # With workers, twice as many batches as workers may be handed over (the extra ones wait, as raw
-        # bytes, for a free worker): the loop then keeps polling while every worker is busy, so the next
-        # Kafka fetch is already in when a worker frees up (bench/README.md).
-        self._max_inflight = 2 * cfg.ingest.workers if cfg.ingest.workers > 0 else 1
+        # writer thread, so writes never overlap). With workers, committed in order: two per worker
+        # (one being inserted, one being decoded: ingest/pool.py) and one more per worker waiting, as
+        # raw bytes, for a place. Without that one, a worker done with both its batches would idle
+        # while the loop waits for the oldest batch, on the other worker, to be committed.
+        self._max_inflight = (BuildPool.PER_WORKER + 1) * cfg.ingest.workers if cfg.ingest.workers > 0 else 1
         self._pool = ThreadPoolExecutor(max_workers=self._max_inflight, thread_name_prefix="ingest-write")
         self._inflight: deque[tuple[Batch | RawBatch, Future, float]] = deque()
 

@@ -79,9 +79,9 @@ def _committed(cfg) -> int:
 
 
 def max_uncommitted(cfg, workers: int) -> int:
-    """Records that can be stored but not yet committed when a consumer with ingest workers dies: 2
+    """Records that can be stored but not yet committed when a consumer with ingest workers dies: 3
     batches handed over per worker, each at most twice batch_size (a raw batch polls for a whole batch)."""
-    return 2 * workers * 2 * cfg.ingest.batch_size
+    return 3 * workers * 2 * cfg.ingest.batch_size
 
 
 def _read_topic(cfg, topic, n, timeout_ms=5000):

@@ -24,7 +24,7 @@ def test_workers_store_valid_once_and_dead_letter_malformed(make_cfg):
     events = [make_event(i, service=f"svc{i % 5}") for i in range(600)]
     _publish(cfg, events, [m for m, _ in MALFORMED])
     with ConsumerThread(cfg) as consumer:
-        assert consumer.pool is not None and consumer._max_inflight == 4     # 2 per worker
+        assert consumer.pool is not None and consumer._max_inflight == 6     # 3 per worker
         wait_until(lambda: _count(db) == 600, 90, what="600 events in ClickHouse")
         wait_until(lambda: db.execute("SELECT count() FROM {db}.errors FINAL")[0][0] == len(MALFORMED), 30,
                    what="errors rows")
