@@ -162,7 +162,7 @@ def raw_insert(cfg: Config, msgs, batch_size: int, before_timer=None) -> float:
         before_timer()
     t0 = time.perf_counter()
     for rows in batches:
-        with paused_gc():                # as an ingest worker inserts (ingest.pool._build_and_insert)
+        with paused_gc():                # as an ingest worker inserts (its collector is off: ingest.pool)
             insert_events(db, rows)      # events, then the address index: what the consumer writes
     dt = time.perf_counter() - t0
     db.client.execute(f"DROP DATABASE {db.name}")
