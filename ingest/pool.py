@@ -352,7 +352,11 @@ class BuildPool:
             proc.pending.clear()
             closing = self._closed
         proc.process.join(5)
-        proc.tasks.close()
+        # Not under a sender's feet: a send to the dead worker fails at once (broken pipe) and lets go
+        # of the lock; closing the end during that send would let its writes reach whatever pipe the
+        # descriptor number is given to next (the replacement's).
+        with proc.send_lock:
+            proc.tasks.close()
         proc.results.close()
         new = None
         if not closing:
@@ -391,8 +395,13 @@ class BuildPool:
         try:
             with proc.send_lock:
                 proc.tasks.send((seq, segments))
-        except (BrokenPipeError, OSError):
-            pass        # the worker died: its reader fails ``fut`` (it is pending there)
+        except OSError:
+            pass        # the worker died (or its pipe was closed): its reader fails ``fut``, pending there
+        except Exception as e:  # noqa: BLE001 - nothing was sent (pickling comes first): not the worker's
+            with self._cond:
+                proc.pending.pop(seq, None)
+                self._cond.notify_all()
+            raise WorkerWriteFailed(f"could not hand a batch to a worker: {type(e).__name__}: {e}") from None
         return fut.result()
 
     def close(self) -> None:
@@ -401,7 +410,7 @@ class BuildPool:
             procs = list(self._procs)
             self._cond.notify_all()
         for p in procs:
-            with contextlib.suppress(OSError):
+            with p.send_lock, contextlib.suppress(OSError):
                 p.tasks.close()        # the worker finishes what it holds, then its loop ends
         for p in procs:
             p.process.join(30)
