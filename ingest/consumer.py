@@ -7,10 +7,9 @@ full next batch waits for it, so memory is bounded at two batches (one being wri
 decoded). With ``ingest.workers`` (ingest/pool.py) the loop keeps only the raw records of the batch in
 hand and hands each batch to a worker process, which decodes one batch while it inserts the one before:
 at most 3 x ``workers`` batches handed over (two held by each worker, one more per worker waiting as
-raw bytes) plus the batch in hand. Either way
-batches are committed in order: a batch that finished early waits for the older ones. Offsets are
-committed only after the write returned, so a crash at any point re-delivers an uncommitted batch and
-the ReplacingMergeTree collapses the repeats.
+raw bytes) plus the batch in hand. Either way batches are committed in order: a batch that finished
+early waits for the older ones. Offsets are committed only after the write returned, so a crash at any
+point re-delivers an uncommitted batch and the ReplacingMergeTree collapses the repeats.
 
 While ClickHouse (or the DLQ topic) is down the write is retried with exponential backoff; the
 assigned partitions are paused meanwhile and ``poll`` keeps the group membership alive, so nothing is

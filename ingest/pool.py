@@ -161,9 +161,14 @@ def insert(w: _Worker, batch) -> int:
         insert_events(w.db, batch.rows)
     except Exception as e:  # noqa: BLE001 - reported to the loop, which retries the batch
         w.db.disconnect()
-        first = str(e).splitlines()[0][:300] if str(e) else ""
-        raise WorkerWriteFailed(f"{type(e).__name__}: {first}") from None
+        raise WorkerWriteFailed(_error_text(e)) from None
     return len(batch.rows)
+
+
+def _error_text(e: BaseException) -> str:
+    """An exception as the plain text a reply carries (driver exceptions do not all pickle)."""
+    first = str(e).splitlines()[0][:300] if str(e) else ""
+    return f"{type(e).__name__}: {first}"
 
 
 class WorkerLoop:
@@ -198,7 +203,7 @@ class WorkerLoop:
                     batch = build(self.w, segments)
                 except Exception as e:  # noqa: BLE001 - a bug in decoding must fail the batch, not the worker
                     log.exception("building a batch failed")
-                    self._reply((seq, False, f"{type(e).__name__}: {str(e)[:300]}"))
+                    self._reply((seq, False, _error_text(e)))
                     continue
                 finally:
                     del segments
@@ -320,9 +325,16 @@ class BuildPool:
         task_r.close()
         res_w.close()
         proc = _Proc(process, task_w, res_r)
-        # Ready before the first batch (imports take ~1 s).
-        if not res_r.poll(120) or res_r.recv()[0] != "ready":
+        # Ready before the first batch (imports take ~1 s). A worker that dies while starting closes
+        # its end: that reads as EOF, reported as the same failure to start.
+        try:
+            ready = res_r.poll(120) and res_r.recv()[0] == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
             process.kill()
+            task_w.close()
+            res_r.close()
             raise RuntimeError("an ingest worker process did not start")
         threading.Thread(target=self._read_results, args=(proc,), name="ingest-worker-results", daemon=True).start()
         return proc
