@@ -633,9 +633,12 @@ class DetectionEngine:
     def _novelty(self, svc: _Service, e: Event, n: int, out: list[Alert]) -> None:
         """An order-of-magnitude jump in recipients per message against the service's whole history
         (detect/novelty.py): decided on the message itself, no warm-up, no waiting for its bucket."""
-        nov = svc.novelty.update(e.sent_at_ms / 1000.0, n, message_kind(e.template, e.campaign))
         rules = svc.spikes
-        if not nov.novel or n < rules.min_recipients:
+        if n < rules.min_recipients:            # no verdict could fire: learn the count only
+            svc.novelty.learn(n, message_kind(e.template, e.campaign))
+            return
+        nov = svc.novelty.update(e.sent_at_ms / 1000.0, n, message_kind(e.template, e.campaign))
+        if not nov.novel:
             return
         ev = {"source": "novelty", "recipients": n, "reference": nov.reference, "ratio": round(nov.ratio, 3),
               "history": nov.history, "factor": svc.novelty.factor, "min_recipients": rules.min_recipients}

@@ -153,6 +153,20 @@ class KindNovelty:
         self.kinds[kind] = nov                   # re-inserted: dict order = least recently seen first
         return nov.update(ts, value)
 
+    def learn(self, value: float, kind: str = "") -> None:
+        """``update`` without its verdict, for a message too small to be a spike whatever its kind's
+        history (the engine's ``min_recipients``): the same state afterwards, without working out the
+        kind's reference (a sort of its bins) and a result for each of the bulk of messages."""
+        nov = self.kinds.pop(kind, None)
+        if nov is None:
+            nov = RecipientNovelty(self.factor, self.min_history)
+            if len(self.kinds) >= self.max_kinds:
+                del self.kinds[next(iter(self.kinds))]
+        self.kinds[kind] = nov
+        v = float(value)
+        if v == v and v not in (math.inf, -math.inf):
+            nov.learn(v)
+
     def to_state(self) -> dict[str, Any]:
         return {"format": KIND_STATE_FORMAT, "max_kinds": self.max_kinds, "factor": self.factor,
                 "min_history": self.min_history, "kinds": [[k, v.to_state()] for k, v in self.kinds.items()]}

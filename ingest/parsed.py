@@ -29,6 +29,10 @@ class ParsedEvent:
     @property
     def strangers(self) -> tuple[str, ...]:
         """Visible addresses that are not envelope recipients of this submission."""
+        to = self.to.addresses
+        if len(to) <= 1 and not self.cc.addresses:
+            # The bulk of traffic (one copy per recipient): no dict, no set.
+            return () if not to or to[0] in self.envelope else to
         env = set(self.envelope)
         return tuple(a for a in self.visible if a not in env)
 

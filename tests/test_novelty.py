@@ -129,3 +129,55 @@ def test_kind_novelty_state_is_json_and_bounded():
     back = KindNovelty.from_state(json.loads(json.dumps(kn.to_state())))
     assert back.to_state() == kn.to_state()
     assert message_kind("receipt", "c1") == "receipt" and message_kind(None, "c1") != message_kind(None, None)
+
+
+def test_kind_learn_leaves_the_state_update_leaves():
+    """``KindNovelty.learn`` (the engine's path for messages under ``min_recipients``) must end in the
+    very state ``update`` does, kinds' order and evictions included, over mixed sequences."""
+    from mailaudit.detect.novelty import KindNovelty
+    rng = random.Random(16)
+    for trial in range(30):
+        a, b = KindNovelty(max_kinds=4), KindNovelty(max_kinds=4)
+        for i in range(rng.randrange(1, 3000)):
+            v = rng.choice([0, 1, 1, 1, 2, 3, 7, 40, 300, rng.randrange(0, 5000), float("nan"), float("inf")])
+            kind = rng.choice(["receipt", "digest", "", "\x00campaign", f"t{rng.randrange(8)}"])
+            a.update(i, v, kind)
+            b.learn(v, kind)
+        assert json.dumps(b.to_state()) == json.dumps(a.to_state()), trial
+        assert list(b.kinds) == list(a.kinds)
+
+
+def test_engine_state_and_alerts_with_the_learn_only_path_equal_the_verdict_on_every_message():
+    """The engine asks for a verdict only from messages of ``min_recipients`` or more; forcing the
+    verdict on every message (as before) gives the same alerts and the same stored state."""
+    import mailaudit.detect.novelty as novelty
+
+    def events():
+        rng = random.Random(7)
+        out = []
+        for k in range(2500):
+            n = rng.choice([1, 1, 1, 1, 2, 3, 5, 25, 40])
+            if k in (900, 2000):
+                n = 400
+            tpl = rng.choice(["receipt", "digest", None])
+            g = users(n, k)
+            out.append(ev(", ".join(g[:1]), g, t=k * 700, service=rng.choice(["a", "b"]), template=tpl,
+                          campaign=None if tpl else rng.choice([None, f"c{k // 300}"])))
+        return out
+
+    stream = events()          # once: the helper numbers its events
+
+    def run_with(learn_only: bool):
+        eng = DetectionEngine(DetectConfig())
+        saved = novelty.KindNovelty.learn
+        if not learn_only:
+            novelty.KindNovelty.learn = lambda self, value, kind="": self.update(0.0, value, kind)
+        try:
+            alerts = [(a.kind, a.trigger_event_id) for e in stream for a in eng.process(e)]
+        finally:
+            novelty.KindNovelty.learn = saved
+        return alerts, json.dumps(eng.state_dict(), sort_keys=True, default=str)
+
+    fast, forced = run_with(True), run_with(False)
+    assert fast == forced
+    assert ("recipient_spike" in {k for k, _ in fast[0]})      # the 400s are judged, and alert

@@ -216,3 +216,24 @@ def test_stateless_callers_get_the_configured_organisation_and_the_copys_own_dom
     s = sig(e, rules)
     assert set(s.org) == {"list@partner.example", "boss@staff.example", "support@acme.example"}
     assert s.strangers == ("x@gmail.com", "y@yahoo.com") and s.verdict == WAIT
+
+
+def test_strangers_fast_path_equals_the_definition():
+    """``ParsedEvent.strangers`` skips the dict and the set for one To and no Cc (the bulk of traffic):
+    the same tuple as "visible addresses not in the envelope", over headers and envelopes of every shape."""
+    import random
+    from mailaudit.ingest.parsed import visible_addresses
+    rng = random.Random(3)
+    pool = ["a@x.example", "b@x.example", "C@Y.example", "c@y.example", "d@z.example"]
+    shapes = 0
+    for i in range(3000):
+        to = ", ".join(rng.sample(pool, rng.randrange(0, 3)))
+        cc = ", ".join(rng.sample(pool, rng.randrange(0, 2))) if rng.random() < 0.3 else ""
+        env = [rng.choice(pool + ["<b@x.example>", " A@X.example "]) for _ in range(rng.randrange(0, 3))]
+        p = parse_event(Event(event_id=str(uuid.uuid4()), sent_at_ms=0, service="s", message_id="<m@x>",
+                              from_="n@x.example", to=to, envelope_to=env, cc=cc or None))
+        env_set = set(p.envelope)
+        want = tuple(a for a in visible_addresses(p.to.addresses, p.cc.addresses) if a not in env_set)
+        assert p.strangers == want and type(p.strangers) is tuple, (to, cc, env)
+        shapes += len(p.to.addresses) <= 1 and not p.cc.addresses
+    assert 0 < shapes < 3000           # both paths taken
