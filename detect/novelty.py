@@ -144,25 +144,24 @@ class KindNovelty:
         self.min_history = int(min_history)
         self.kinds: dict[str, RecipientNovelty] = {}
 
-    def update(self, ts: Any, value: float, kind: str = "") -> NoveltyResult:
+    def _model(self, kind: str) -> RecipientNovelty:
+        """The kind's model, made on first sight, moved to the most recently seen end."""
         nov = self.kinds.pop(kind, None)
         if nov is None:
             nov = RecipientNovelty(self.factor, self.min_history)
             if len(self.kinds) >= self.max_kinds:
                 del self.kinds[next(iter(self.kinds))]
         self.kinds[kind] = nov                   # re-inserted: dict order = least recently seen first
-        return nov.update(ts, value)
+        return nov
+
+    def update(self, ts: Any, value: float, kind: str = "") -> NoveltyResult:
+        return self._model(kind).update(ts, value)
 
     def learn(self, value: float, kind: str = "") -> None:
         """``update`` without its verdict, for a message too small to be a spike whatever its kind's
         history (the engine's ``min_recipients``): the same state afterwards, without working out the
         kind's reference (a sort of its bins) and a result for each of the bulk of messages."""
-        nov = self.kinds.pop(kind, None)
-        if nov is None:
-            nov = RecipientNovelty(self.factor, self.min_history)
-            if len(self.kinds) >= self.max_kinds:
-                del self.kinds[next(iter(self.kinds))]
-        self.kinds[kind] = nov
+        nov = self._model(kind)
         v = float(value)
         if v == v and v not in (math.inf, -math.inf):
             nov.learn(v)
