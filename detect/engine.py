@@ -634,10 +634,11 @@ class DetectionEngine:
         """An order-of-magnitude jump in recipients per message against the service's whole history
         (detect/novelty.py): decided on the message itself, no warm-up, no waiting for its bucket."""
         rules = svc.spikes
+        kind = message_kind(e.template, e.campaign)
         if n < rules.min_recipients:            # no verdict could fire: learn the count only
-            svc.novelty.learn(n, message_kind(e.template, e.campaign))
+            svc.novelty.learn(n, kind)
             return
-        nov = svc.novelty.update(e.sent_at_ms / 1000.0, n, message_kind(e.template, e.campaign))
+        nov = svc.novelty.update(e.sent_at_ms / 1000.0, n, kind)
         if not nov.novel:
             return
         ev = {"source": "novelty", "recipients": n, "reference": nov.reference, "ratio": round(nov.ratio, 3),

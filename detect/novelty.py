@@ -47,6 +47,11 @@ class NoveltyResult:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
+def _finite(v: float) -> bool:
+    """A count the model can learn: NaN and infinities are judged not novel and never learned."""
+    return v == v and v not in (math.inf, -math.inf)
+
+
 def _bin(v: float) -> int:
     return -1 if v < 1.0 else int(math.log10(v) * _BINS_PER_DECADE)
 
@@ -75,7 +80,7 @@ class RecipientNovelty:
 
     def update(self, ts: Any, value: float) -> NoveltyResult:
         v = float(value)
-        if v != v or v in (math.inf, -math.inf):
+        if not _finite(v):
             return NoveltyResult(False, v, None, self.n)
         ref = self.reference()
         novel = (self.n >= self.min_history and ref is not None and ref > 0.0 and v >= self.factor * ref)
@@ -163,7 +168,7 @@ class KindNovelty:
         kind's reference (a sort of its bins) and a result for each of the bulk of messages."""
         nov = self._model(kind)
         v = float(value)
-        if v == v and v not in (math.inf, -math.inf):
+        if _finite(v):
             nov.learn(v)
 
     def to_state(self) -> dict[str, Any]:

@@ -22,4 +22,3 @@ def test_run_keeps_a_configured_password():
     assert _operator_password(cfg) is None
     assert cfg.dashboard.operator_password_hash is None
     assert _operator_password(Config()) != _operator_password(Config())   # a new one each run
-

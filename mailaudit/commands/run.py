@@ -165,29 +165,26 @@ def history_to_load(requested_s: float, last_event_ms: int | None, now_ms: int) 
 
 def _last_event_ms(cfg) -> int | None:
     """The newest stored event's time; None for an empty (or not yet migrated) database."""
-    from mailaudit.ingest.clickhouse import Database
-
-    try:
-        db = Database(cfg.clickhouse)
-        try:
-            n, last = db.execute("SELECT count(), max(sent_ms) FROM {db}.events")[0]
-            return int(last) if n else None
-        finally:
-            db.disconnect()
-    except Exception:  # noqa: BLE001 - no figure: load the history as asked
-        return None
+    row = _events_row(cfg, "SELECT count(), max(sent_ms) FROM {db}.events")
+    return int(row[1]) if row and row[0] else None
 
 
 def _events_stored(cfg) -> int | None:
+    row = _events_row(cfg, "SELECT count() FROM {db}.events FINAL")
+    return int(row[0]) if row else None
+
+
+def _events_row(cfg, sql: str) -> tuple | None:
+    """One row about the stored events, or None: the run goes on without the figure."""
     from mailaudit.ingest.clickhouse import Database
 
     try:
         db = Database(cfg.clickhouse)
         try:
-            return int(db.execute("SELECT count() FROM {db}.events FINAL")[0][0])
+            return tuple(db.execute(sql)[0])
         finally:
             db.disconnect()
-    except Exception:  # noqa: BLE001 - the summary goes on without the figure
+    except Exception:  # noqa: BLE001 - no figure: load the history as asked, summarise without it
         return None
 
 
