@@ -57,6 +57,9 @@ def test_bench_latency_tiny(stack):
         assert [t for t, _ in run["series"]] == sorted(t for t, _ in run["series"])
         assert sorted(ms for _, ms in run["series"])[-1] == round(run["max_ms"])
         assert run["cpu_s"]["detector"] > 0 and run["cpu_s"]["bench_process"] > 0
+        # the servers' share of the same cores over the stream (the stack's own broker and ClickHouse)
+        assert set(run["servers_cpu_s"]) == {"broker", "clickhouse"}
+        assert run["servers_cpu_s"]["broker"] > 0 and run["servers_cpu_s"]["clickhouse"] >= 0
         # the detector's own split, from its /metrics: every fetched batch and every alert is counted
         st = run["detector_stages"]
         assert st["read_delay"]["count"] > 0 and st["read_delay"]["p50_le_ms"] <= st["read_delay"]["p99_le_ms"]

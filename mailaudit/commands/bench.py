@@ -82,6 +82,9 @@ def _run(suite: str, args) -> dict:
     t0 = time.monotonic()
     out = fn(**_kwargs(suite, args))
     out["wall_s"] = round(time.monotonic() - t0, 1)
+    from mailaudit.bench.machine import describe
+
+    out["machine"] = describe()            # figures compare only with figures from the same kind of machine
     return out
 
 
