@@ -143,6 +143,13 @@ def _servers_cpu_s(info) -> dict[str, float | None]:
     return {"broker": _process_cpu_s(info.kafka_pid), "clickhouse": _process_cpu_s(info.clickhouse_pid)}
 
 
+def _cpu_between(before: dict | None, after: dict | None) -> dict | None:
+    """Per server, the CPU seconds between two ``_servers_cpu_s`` readings (None where either is)."""
+    if before is None or after is None:
+        return None
+    return {k: None if before[k] is None or after[k] is None else round(after[k] - before[k], 1) for k in before}
+
+
 def histogram_quantiles(text: str, name: str, labels: dict[str, str] | None = None) -> dict | None:
     """A Prometheus histogram in exposition ``text`` → its count, mean and the bucket bounds that hold
     its p50 and p99 (an upper bound, as ``histogram_quantile`` would read it without interpolation),
@@ -412,8 +419,7 @@ def _one_rate(info, state: Path, rate: float, duration_s: float, leak_every_s: f
         "cpu_s": {"detector": det_cpu_s, "bench_process": round(bench_cpu_s, 1) if bench_cpu_s is not None else None},
         # The servers' CPU seconds from the stream's start to the end of the run: on a machine the
         # bench shares with its broker, what the broker takes is not there for the detector.
-        "servers_cpu_s": {k: round(servers1[k] - servers0[k], 1) if servers0[k] is not None and servers1[k] is not None
-                          else None for k in servers0} if servers0 and servers1 else None,
+        "servers_cpu_s": _cpu_between(servers0, servers1),
         # The detector's own split of every alert's latency, from its /metrics at the end of the run
         # (all batches and alerts, warm-up and rule paths included): whose share the tail is.
         "detector_stages": detector_stages(metrics_text) if metrics_text else None,

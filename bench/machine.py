@@ -1,6 +1,6 @@
 """What machine a figure was measured on, written into every bench report.
 
-Figures from different sessions come from different machines (the same code ran ~1.7x slower per
+Figures from different sessions come from different machines (the same code cost 1.2-1.7x the CPU per
 event on one than on the one before it), and load averages alone do not say that: each report names
 the CPU model, its clock, the cores and the Python that ran it, so a figure is compared only with
 figures from the same kind of machine.

@@ -196,3 +196,12 @@ def test_bench_scale_clock_stops_before_a_batch_timer(stack, tmp_path):
                   batch_time_s=30.0)
     assert run["published"] == 18_000 and run["events_timed"] >= 7_000 and run["busiest_share"] == 1, run
     assert run["timed_s"] < 15, run
+
+
+def test_bench_latency_servers_cpu_between_readings():
+    """A server whose CPU could not be read (not ours, gone) is None in the report, not a crash or a 0."""
+    from mailaudit.bench.latency import _cpu_between
+
+    assert _cpu_between({"broker": 1.0, "clickhouse": 2.0}, {"broker": 4.5, "clickhouse": 2.0}) == {"broker": 3.5, "clickhouse": 0.0}
+    assert _cpu_between({"broker": 1.0, "clickhouse": None}, {"broker": 1.5, "clickhouse": 3.0}) == {"broker": 0.5, "clickhouse": None}
+    assert _cpu_between(None, {"broker": 1.0, "clickhouse": 1.0}) is None
