@@ -9,7 +9,8 @@ Time: each service has its own event clock (the latest ``sent_at`` seen) and wat
 ``stats['late']``, still checked for disclosure (a leak is a leak), but it never re-opens a closed
 volume bucket nor feeds the spike detectors. Volume buckets close, and incidents resolve, when the
 watermark passes them; copies waiting for sibling submissions are decided when the event clock passes
-their deadline (the wait is a few seconds, so it runs ahead of the lateness window on purpose). The I/O
+their deadline (the wait is a few seconds, so it runs ahead of the lateness window on purpose; a copy
+that arrives after its service's clock has passed its send time waits from its arrival, ``_arrival``). The I/O
 layer calls ``advance(now - lateness)`` about once a second — not only when a poll comes back empty:
 under steady traffic on one service the others would otherwise never close their buckets, decide
 their waiting copies or resolve their incidents; ``flush()`` ends the input (backtest).
@@ -189,6 +190,21 @@ def _sib_entry(ids, expiry_ms: int) -> tuple:
     if len(ids) <= _SIB_SET_FROM:
         return (ids if type(ids) is tuple else tuple(ids), expiry_ms)
     return (ids if type(ids) is set else set(ids), expiry_ms)
+
+
+def _arrival(sent_at_ms: int, svc: _Service) -> int:
+    """When a copy's group wait starts: its send time, or the service's clock if that is already past it.
+
+    In order, a copy is the newest event of its service and the two are equal. A copy that comes in
+    late (a publisher's spool replayed, a backlog loaded behind live traffic, a sending host whose
+    clock runs behind) would otherwise find its wait already over and be judged on the next event,
+    before the sibling submissions that follow it in the stream: an hour-old thread of one-copy-per-
+    recipient mail became a false disclosure incident that way (session 10). Waiting from arrival gives
+    the late copy the same ``group_wait_s`` of the service's clock to see its siblings, and keeps
+    deadlines, sibling expiries and slip ripe times in arrival order, which the front-first scans
+    over them rely on."""
+    c = svc.clock_ms
+    return sent_at_ms if sent_at_ms >= c else c
 
 
 class DetectionEngine:
@@ -371,7 +387,7 @@ class DetectionEngine:
         the same list, and each attendee on it receives one."""
         if len(ps.to.addresses) + len(ps.cc.addresses) < svc.rules.strangers_min:
             return
-        exp = ps.event.sent_at_ms + svc.keep_ms
+        exp = _arrival(ps.event.sent_at_ms, svc) + svc.keep_ms
         ident = self.book.id
         ids = tuple(dict.fromkeys(ident(a) for a in ps.envelope))
         view = self._view(svc, ps)
@@ -483,7 +499,7 @@ class DetectionEngine:
         self._seq += 1
         self.stats["waits"] += 1
         p = _Pending(
-            deadline_ms=meta.sent_at_ms + svc.wait_ms, seq=self._seq, meta=meta,
+            deadline_ms=_arrival(meta.sent_at_ms, svc) + svc.wait_ms, seq=self._seq, meta=meta,
             sig=_strip(sig), stranger_ids=tuple(ident(a) for a in sig.strangers),
             disclosed=tuple(book.info(a) for a in ps.visible),
             envelope_ids=frozenset(ident(a) for a in ps.envelope), fingerprint=sig.fingerprint,
@@ -504,7 +520,7 @@ class DetectionEngine:
             # Only the service's own-domain addresses are left, not yet learned as its role addresses:
             # give the campaign the slip window to show them to more recipients before judging.
             p.extended = True
-            p.deadline_ms = p.meta.sent_at_ms + max(svc.wait_ms, int(svc.rules.slip_window_s * 1000))
+            p.deadline_ms += max(0, int(svc.rules.slip_window_s * 1000) - svc.wait_ms)   # from its arrival
             heapq.heappush(svc.pending, p)
             return
         self.stats["waits_fired"] += 1
@@ -537,7 +553,7 @@ class DetectionEngine:
         if strangers:
             svc.slips.add(meta.scope, [meta.sent_at_ms, meta.event_id, meta.campaign, meta.template,
                                        meta.message_id, strangers, [self.book.id(a) for a in ps.envelope],
-                                       sig.fingerprint], meta.sent_at_ms + svc.wait_ms)
+                                       sig.fingerprint], _arrival(meta.sent_at_ms, svc) + svc.wait_ms)
 
     def _judge_slips(self, svc: _Service, clock_ms: int, out: list[Alert]) -> None:
         """Ripe slip candidates (their group wait is over): a stranger still unaccounted for, who is a

@@ -21,9 +21,16 @@ MAX_CANDIDATES = 512      # copies waiting to ripen per campaign
 MAX_ENVELOPES = 8192      # recent envelope ids per campaign (for "received a copy of the campaign")
 
 
+def _ripe(cand: list, wait_ms: int) -> int:
+    return cand[8] if len(cand) > 8 else cand[0] + wait_ms
+
+
 class SlipTracker:
-    """Candidates per scope: ``[sent_at_ms, event_id, campaign, template, message_id, strangers, envelope]``
-    where ``strangers`` is ``[[id, hash, masked, domain, consumer], ...]`` and ``envelope`` a list of ids."""
+    """Candidates per scope: ``[sent_at_ms, event_id, campaign, template, message_id, strangers, envelope,
+    fingerprint, ripe_ms]`` where ``strangers`` is ``[[id, hash, masked, domain, consumer], ...]`` and
+    ``envelope`` a list of ids. ``ripe_ms`` is when its group wait ends on the service's clock: a copy
+    that arrives late waits from its arrival, not from its send time (candidates checkpointed before it
+    existed ripen at ``sent_at_ms`` + the wait, as they did)."""
 
     def __init__(self):
         self.scopes: dict[str, dict[str, Any]] = {}
@@ -52,7 +59,7 @@ class SlipTracker:
 
     def add(self, scope: str, cand: list, ripe_ms: int) -> None:
         s = self._scope(scope)
-        s["cand"].append(cand)
+        s["cand"].append((cand + [None] * 8)[:8] + [ripe_ms])     # ripe_ms always at index 8
         if len(s["cand"]) > MAX_CANDIDATES:
             s["cand"].pop(0)
         env = s["env"]
@@ -64,19 +71,20 @@ class SlipTracker:
 
     def take_ripe(self, clock_ms: int, wait_ms: int) -> list[tuple[str, list]]:
         """Candidates whose group wait is over, oldest first. Candidates are kept in arrival order,
-        which is event-time order up to lateness, so each scope is taken from the front: O(ripe)."""
+        which is the order of their ripe times (the service's clock only moves forward), so each scope
+        is taken from the front: O(ripe)."""
         out = []
         due = 1 << 62
         for scope, s in self.scopes.items():
             cand = s["cand"]
             k = 0
-            while k < len(cand) and cand[k][0] + wait_ms <= clock_ms:
+            while k < len(cand) and _ripe(cand[k], wait_ms) <= clock_ms:
                 out.append((scope, cand[k]))
                 k += 1
             if k:
                 del cand[:k]
             if cand:
-                due = min(due, cand[0][0] + wait_ms)
+                due = min(due, _ripe(cand[0], wait_ms))
         self.due_ms = due
         out.sort(key=lambda x: (x[1][0], x[1][1]))
         return out
