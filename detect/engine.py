@@ -146,7 +146,6 @@ class _Service:
         self.watermark_ms = _NEVER
         self.clock_ms = _NEVER
         self.siblings: dict[str, tuple] = {}            # message_id -> (envelope ids, expiry_ms): _sib_entry
-        self.sib_sets: set[str] = set()                 # keys of the entries whose ids are a set
         self.sibling_q: deque[tuple[int, str]] = deque()
         self.pending: list[_Pending] = []               # heap by deadline
         self.repeat: OrderedDict[tuple[str, str], list] = OrderedDict()  # (campaign, fp) -> [message ids, expiry]
@@ -317,13 +316,6 @@ class DetectionEngine:
         ids are keyed) and no config (``load_state`` re-binds the current rules). Pending exposure rows
         are not included — drain them first. The address cache is a cache and is not stored.
         """
-        return self.snapshot().materialize()
-
-    def snapshot(self):
-        """``state_dict()`` as of now, in two steps: this call copies the sibling index, its expiry queue
-        and the waiting copies (the bulk of a busy service's state) and encodes the rest; the returned
-        ``detect.state.Snapshot``'s ``materialize()`` encodes the copies, on whichever thread, later
-        changes to the engine notwithstanding. The detector's poll loop takes the first step only."""
         from mailaudit.detect import state as st
 
         for svc in self.services.values():             # the factory's class is ours, never the state's
@@ -331,15 +323,13 @@ class DetectionEngine:
                         *(s.det for s in svc.keyed.values())]:
                 if det is not None and getattr(type(det), "__state_name__", None) is None:
                     st.register(type(det))
-        holes: list = []
-        doc = {
+        return {
             "format": STATE_FORMAT,
             "stats": dict(self.stats),
             "seq": self._seq,
-            "services": {name: st.encode_later(svc, holes) for name, svc in self.services.items()},
+            "services": {name: st.encode(svc) for name, svc in self.services.items()},
             "incidents": st.encode(self.incidents.open),
         }
-        return st.Snapshot(doc, holes)
 
     def load_state(self, d: dict[str, Any]) -> None:
         """Replace this engine's state by a ``state_dict()`` (only allow-listed classes are rebuilt)."""
@@ -359,7 +349,6 @@ class DetectionEngine:
             svc.bind(self.cfg, self.spike_factory)
             # Whatever form the checkpoint had (older ones: [set, expiry] lists), the live one.
             svc.siblings = {k: _sib_entry(v[0], int(v[1])) for k, v in svc.siblings.items()}
-            svc.sib_sets = {k for k, v in svc.siblings.items() if type(v[0]) is set}
         self.services = services
         self.incidents.open = incidents
         self.stats = {k: int(v) for k, v in d.get("stats", {}).items()}
@@ -382,7 +371,6 @@ class DetectionEngine:
             entry = svc.siblings.get(mid)
             if entry is not None and entry[1] <= exp:
                 del svc.siblings[mid]
-                svc.sib_sets.discard(mid)
         if watermark_ms > svc.watermark_ms:
             svc.watermark_ms = watermark_ms
             if watermark_ms >= svc.next_close_ms:
@@ -410,12 +398,8 @@ class DetectionEngine:
             entry = sibs.get(key)
             if entry is None:
                 if len(sibs) >= _MAX_SIBLINGS:
-                    oldest = next(iter(sibs))
-                    del sibs[oldest]
-                    svc.sib_sets.discard(oldest)
-                entry = sibs[key] = _sib_entry(ids, exp)
-                if type(entry[0]) is set:
-                    svc.sib_sets.add(key)
+                    sibs.pop(next(iter(sibs)))
+                sibs[key] = _sib_entry(ids, exp)
             else:
                 have, old_exp = entry
                 if type(have) is set:
@@ -425,9 +409,7 @@ class DetectionEngine:
                 else:
                     add = tuple(i for i in ids if i not in have)
                     if add or exp > old_exp:
-                        entry = sibs[key] = _sib_entry(have + add, max(exp, old_exp))
-                        if type(entry[0]) is set:
-                            svc.sib_sets.add(key)
+                        sibs[key] = _sib_entry(have + add, max(exp, old_exp))
             svc.sibling_q.append((exp, key))
 
     def _view(self, svc: _Service, ps: ParsedEvent):
@@ -537,10 +519,9 @@ class DetectionEngine:
         if p.own_only and not p.extended and svc.rules.role_learn_copies:
             # Only the service's own-domain addresses are left, not yet learned as its role addresses:
             # give the campaign the slip window to show them to more recipients before judging.
-            # A new entry, not this one changed: a checkpoint snapshot may hold it (_copy_pending).
-            heapq.heappush(svc.pending, replace(
-                p, extended=True,
-                deadline_ms=p.deadline_ms + max(0, int(svc.rules.slip_window_s * 1000) - svc.wait_ms)))  # from its arrival
+            p.extended = True
+            p.deadline_ms += max(0, int(svc.rules.slip_window_s * 1000) - svc.wait_ms)   # from its arrival
+            heapq.heappush(svc.pending, p)
             return
         self.stats["waits_fired"] += 1
         ev = dict(_evidence_base(p.sig, svc))
@@ -956,33 +937,11 @@ def _spike_evidence(r) -> dict[str, Any]:
     return ev
 
 
-def _copy_siblings(svc: _Service) -> dict[str, tuple]:
-    """The sibling index as it is now. Its entries are tuples, immutable but for a large group's set of
-    ids, which grows in place (``_sib_entry``): those few, listed in ``sib_sets``, are copied. (Finding
-    them by a scan of the index took ~40 ms of the poll loop at 5,000 events/s.)"""
-    c = svc.siblings.copy()
-    for k in list(svc.sib_sets):
-        v = c.get(k)
-        if v is None or type(v[0]) is not set:   # (cannot happen: expiry and eviction discard the key)
-            svc.sib_sets.discard(k)
-        else:
-            c[k] = (set(v[0]), v[1])
-    return c
-
-
-def _copy_pending(svc: _Service) -> list[_Pending]:
-    """The waiting copies as they are now: a ``_Pending`` is never changed once made (``_decide``
-    pushes a new one to extend a wait), so the heap's list is copy enough."""
-    return svc.pending.copy()
-
-
 def _register_state_classes() -> None:
     """The classes a checkpoint may rebuild (``detect.state`` refuses every other one)."""
     from mailaudit.detect import incidents, signals, spikes, state
 
-    state.register(_Service, skip=("rules", "spikes", "bucket_ms", "wait_ms", "keep_ms", "sib_sets"),
-                   later={"siblings": _copy_siblings, "sibling_q": lambda svc: svc.sibling_q.copy(),
-                          "pending": _copy_pending})
+    state.register(_Service, skip=("rules", "spikes", "bucket_ms", "wait_ms", "keep_ms"))
     for cls in (OrgModel, SlipTracker):
         state.register(cls)
     for cls in (_Pending, _Bucket, _Series, _Meta, AddrInfo, signals.Signals, incidents.Incident,

@@ -87,10 +87,6 @@ class PartitionedEngine:
     def state_dict(self, tp: TP) -> dict[str, Any]:
         return self.engine(tp).state_dict()
 
-    def snapshot(self, tp: TP):
-        """The partition's state as of now, to be ``materialize()``d later (``DetectionEngine.snapshot``)."""
-        return self.engine(tp).snapshot()
-
     def load(self, tp: TP, doc: dict[str, Any]) -> None:
         """Replace the partition's state by a checkpoint (a bad one raises; the partition is then cold)."""
         self.drop(tp)

@@ -23,7 +23,7 @@ import base64
 import json
 import zlib
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from typing import Any
 
 WIRE_VERSION = "mailaudit-state/1"
 MAX_BYTES = 64 * 1024 * 1024          # decompressed JSON, per partition checkpoint
@@ -39,22 +39,16 @@ class StateTooLarge(StateError):
 
 _CLASSES: dict[str, type] = {}
 _SKIP: dict[type, frozenset[str]] = {}
-_LATER: dict[type, dict[str, Callable[[Any], Any]]] = {}
 
 
-def register(cls: type, name: str | None = None, skip: tuple[str, ...] = (),
-             later: dict[str, Callable[[Any], Any]] | None = None) -> type:
-    """Allow ``cls`` in state (``skip``: attributes rebuilt on load, not stored; ``later``: attribute ->
-    a function of the object returning a copy of that attribute's value which the object's later
-    changes cannot reach, taken by ``encode_later`` instead of encoding the value at once)."""
+def register(cls: type, name: str | None = None, skip: tuple[str, ...] = ()) -> type:
+    """Allow ``cls`` in state (``skip``: attributes rebuilt from config on load, not stored)."""
     key = name or f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__qualname__}"
     have = _CLASSES.get(key)
     if have is not None and have is not cls:
         raise ValueError(f"state class name {key!r} already registered for {have!r}")
     _CLASSES[key] = cls
     _SKIP[cls] = frozenset(skip)
-    if later:
-        _LATER[cls] = dict(later)
     cls.__state_name__ = key if "__state_name__" not in cls.__dict__ else cls.__state_name__
     return cls
 
@@ -181,53 +175,6 @@ def encode(v: Any) -> Any:
             return {k: encode(x) for k, x in v.items()}
         return {"$d": [[encode(k), encode(x)] for k, x in v.items()]}
     raise TypeError(f"cannot store a {t.__module__}.{t.__qualname__} in detection state (not registered)")
-
-
-class Snapshot:
-    """A value encoded except for its largest parts, which are only copied: ``materialize`` encodes them.
-
-    Why: a checkpoint must be the state between two events, so it is taken on the detector's poll loop,
-    and encoding all of it there held the loop 0.16-0.30 s at 5,000 events/s (most of it the sibling
-    index and its expiry queue). Copying those containers is C-level work, a few milliseconds; encoding
-    the copies can then wait for the checkpoint thread. ``materialize`` gives what ``encode`` gave when the
-    snapshot was taken, whatever the owner changed since (the copies are the registered ``later``
-    functions' job)."""
-
-    __slots__ = ("doc", "_holes")
-
-    def __init__(self, doc: Any, holes: list | None = None):
-        self.doc = doc
-        self._holes = holes or []
-
-    def materialize(self) -> Any:
-        for attrs, a, finish, value in self._holes:
-            attrs[a] = finish(value)
-        self._holes = []
-        return self.doc
-
-
-def encode_later(v: Any, holes: list) -> Any:
-    """``encode(v)``, but an attribute registered ``later`` is copied, its encoding left to
-    ``Snapshot.materialize`` (recorded in ``holes``). Only ``v``'s own attributes are deferred; what lies
-    deeper is encoded at once."""
-    t = type(v)
-    later = _LATER.get(t)
-    name = _state_name(t) if later else None
-    if name is None or hasattr(v, "to_state"):
-        return encode(v)
-    skip = _SKIP.get(t, frozenset())
-    attrs: dict[str, Any] = {}
-    for a in _attr_names(v):
-        if a in skip or not hasattr(v, a):
-            continue
-        copier = later.get(a)
-        if copier is None:
-            codec = _CODECS.get((name, a))
-            attrs[a] = codec(getattr(v, a)) if codec is not None else encode(getattr(v, a))
-        else:
-            attrs[a] = None                          # keeps the attribute's place (same JSON as encode)
-            holes.append((attrs, a, _CODECS.get((name, a), encode), copier(v)))
-    return {"$c": name, "a": attrs}
 
 
 def decode(v: Any) -> Any:
