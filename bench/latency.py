@@ -128,10 +128,11 @@ def _volume_history(now_ms: int) -> list[Event]:
 
 
 def _process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a live process (Linux ``/proc``); None where that is not readable."""
+    """User + system CPU seconds of a live process and of the children it has reaped (the detector's
+    checkpoint children: their work is the detector's); None where ``/proc`` is not readable."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+        return round(sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK"), 1)
     except (OSError, ValueError, IndexError):
         return None
 

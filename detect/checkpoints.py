@@ -91,12 +91,14 @@ class Checkpoint:
     topic: str
     partition: int
     position: int
-    state: dict[str, Any]                     # engine.state_dict()
+    state: Any                                # engine.state_dict() (None once encoded: state_wire)
     outbox: list[dict[str, Any]] = field(default_factory=list)
     writer: str = ""
+    state_wire: str | None = None             # the state already in its wire form (detect.checkpoint_child)
 
     def to_wire(self, max_bytes: int) -> tuple[str, str]:
-        return wire_dumps(self.state, max_bytes), wire_dumps(self.outbox, max_bytes)
+        state = self.state_wire if self.state_wire is not None else wire_dumps(self.state, max_bytes)
+        return state, wire_dumps(self.outbox, max_bytes)
 
     @classmethod
     def from_wire(cls, topic: str, partition: int, position: int, state: str, outbox: str, writer: str,

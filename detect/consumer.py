@@ -10,8 +10,9 @@ Replicas and restarts (one consumer group, any number of ``detect`` processes): 
 ``commit_interval_s`` (10 s: alerts never wait for it, it only bounds how much is re-read after a crash)
 each partition's engine state, read position and not-yet-delivered outbox records are checkpointed
 together into ClickHouse (``detect.checkpoints``, versioned non-pickle state; a local copy too), then the
-offsets are committed. The poll loop only takes the snapshot; a thread of its own encodes and stores it
-(storing on the loop paused alert processing for 0.2-0.5 s every 10 s at 5,000 events/s). A replica that is assigned a partition pauses it, restores the furthest
+offsets are committed. The poll loop only forks a child that encodes the state (``detect.checkpoint_child``)
+and a thread of its own stores it (encoding and storing on the loop paused alert processing for 0.2-0.5 s
+every 10 s at 5,000 events/s). A replica that is assigned a partition pauses it, restores the furthest
 checkpoint, re-queues the handed-over outbox records, seeks to the checkpoint's position and only then
 resumes it; a revoked partition's state is dropped. Alert ids are deterministic, so what is produced
 twice around a crash or a rebalance carries the same ids and collapses in the sinks.
@@ -39,6 +40,8 @@ from kafka.structs import OffsetAndMetadata
 
 from mailaudit.config import Config
 from mailaudit.detect.checkpoints import Checkpoint, CheckpointStore
+from mailaudit.detect import checkpoint_child
+from mailaudit.detect import state as st
 from mailaudit.detect.containment import ContainmentPolicy
 from mailaudit.detect.engine import DetectionEngine
 from mailaudit.detect.outbox import Outbox
@@ -92,8 +95,9 @@ class DetectStats:
 
 
 # A checkpoint stores the whole state, so its cost grows with it (measured live at 5,000 events/s after
-# 2-3 minutes: 0.16-0.26 s of snapshot on the poll loop + 0.37-0.46 s of CPU on its thread), and it
-# is paid on the cores the loop (and, on small hosts, the broker) needs. The next checkpoint starts no
+# 2-3 minutes: 0.16-0.26 s of snapshot on the poll loop + 0.37-0.46 s of CPU on its thread; forked, the
+# same work is the child's CPU, counted here too), and it is paid on the cores the loop (and, on small
+# hosts, the broker) needs. The next checkpoint starts no
 # sooner than this many times the last one's cost after it, so checkpointing takes at most
 # ~1/_CHECKPOINT_DUTY of a core whatever the state's size. The price is the replay after a crash: up
 # to that much longer (re-sent alerts carry deterministic ids and collapse downstream).
@@ -107,28 +111,46 @@ _REVOKE_WAIT_S = 10.0
 class _Flight:
     """A checkpoint being stored by its thread: the snapshot, then what the store did with it."""
 
-    def __init__(self, cps: list[Checkpoint], keys: set[tuple[str, int]]):
+    def __init__(self, cps: list[Checkpoint], keys: set[tuple[str, int]], child=None):
         self.cps = cps
         self.keys = keys
+        self.child = child          # detect.checkpoint_child.ChildEncoding, encoding the states, or None
         self.thread: threading.Thread | None = None
         self.saved: list[Checkpoint] = []
         self.shared = False
         self.error: BaseException | None = None
-        self.snapshot_s = 0.0       # the poll loop's part: state_dict and the outbox read-back
-        self.cpu_s = 0.0            # the thread's own CPU: encoding, zlib, the local file, the insert
+        self.snapshot_s = 0.0       # the poll loop's part: the snapshot (or the fork), the outbox read-back
+        self.cpu_s = 0.0            # the thread's CPU (encoding, zlib, the local file, the insert) + the child's
 
     def run(self, store: CheckpointStore) -> None:
         t = time.thread_time()
         try:
+            if self.child is not None:
+                results = self.child.result()
+                self.cps = [cp for cp in self.cps if _encoded(cp, results)]
             self.saved, self.shared = store.save(self.cps)
         except BaseException as e:  # noqa: BLE001 - re-raised on the poll loop
             self.error = e
         finally:
-            self.cpu_s = time.thread_time() - t
+            self.cpu_s = time.thread_time() - t + (self.child.cpu_s if self.child is not None else 0.0)
 
     @property
     def cost_s(self) -> float:
         return self.snapshot_s + self.cpu_s
+
+
+def _encoded(cp: Checkpoint, results: dict) -> bool:
+    """Take a partition's wire text from the checkpoint child's results; False (logged) if it has none
+    (the partition's previous checkpoint stays valid, and the partition is retried next time)."""
+    got = results.get((cp.topic, cp.partition))
+    if isinstance(got, str):
+        cp.state_wire = got
+        return True
+    if isinstance(got, st.StateTooLarge):
+        log.error("partition %s/%d not checkpointed: %s", cp.topic, cp.partition, got)
+    else:
+        log.error("partition %s/%d: state not checkpointed: %s", cp.topic, cp.partition, got)
+    return False
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -308,16 +330,20 @@ class DetectConsumer:
         self._finish_checkpoint(wait=True)
 
     def _start_checkpoint(self, force: bool = False) -> None:
-        """Snapshot on the poll loop, store on a thread of its own.
+        """Snapshot on the poll loop, encode in a forked child, store on a thread of its own.
 
         The snapshot is what must be consistent: each partition's position, its engine state and its
-        undelivered outbox records, all taken here between two events. ``state_dict`` builds new
-        containers all the way down (``detect.state.encode``: immutable leaves only are shared) and the
-        outbox records are read back from disk, so nothing the loop does next can change the snapshot.
-        Encoding it (JSON, zlib), the local file and the ClickHouse insert run on the checkpoint
-        thread: measured at 5,000 events/s, they were ~60 % of a checkpoint's 0.2-0.5 s pause of the
-        loop. The offsets are committed by the loop (the consumer is not thread-safe) once the thread
-        is done and ClickHouse took the checkpoints (``_finish_checkpoint``)."""
+        undelivered outbox records, all taken here between two events. By default the state is taken by
+        forking (``detect.checkpoint_child``): the child holds a copy-on-write image of it and encodes
+        it on another core while the loop goes on, so the loop pays only for the fork. Encoding on a
+        thread of this process held the interpreter lock for as long as it took (measured at 5,000
+        events/s: 0.16-0.30 s on the loop and 0.35-0.63 s on the thread every 10-17 s, the periodic
+        spikes of the alert latency). With ``detect.checkpoint_fork = false``, or where the system
+        cannot fork, ``state_dict`` builds the state's document here (new containers all the way down,
+        so nothing the loop does next can change it) and the thread encodes it. The outbox records are
+        read back from disk either way. The offsets are committed by the loop (the
+        consumer is not thread-safe) once the thread is done and ClickHouse took the checkpoints
+        (``_finish_checkpoint``)."""
         t0 = self._last_commit = time.monotonic()
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         with self._rebalance_lock:
@@ -328,16 +354,22 @@ class DetectConsumer:
         if not todo:
             return
         undelivered = self._undelivered()
+        child = None
+        if self.cfg.detect.checkpoint_fork:
+            max_bytes = self.store.max_bytes
+            child = checkpoint_child.start(
+                lambda k: st.dumps(self.engine.state_dict(k), max_bytes=max_bytes), todo)
         cps = []
         for k in todo:
             try:
-                cps.append(Checkpoint(k[0], k[1], self._positions[k], self.engine.state_dict(k),
+                cps.append(Checkpoint(k[0], k[1], self._positions[k],
+                                      None if child is not None else self.engine.state_dict(k),
                                       undelivered.get(k, [])))
             except Exception:  # noqa: BLE001 - the previous checkpoint stays valid: never crash on it
                 log.exception("partition %s/%d: state not checkpointed", *k)
         # Records emitted from here on are not in this snapshot: they mark their partition again.
         self._dirty.difference_update(todo)
-        flight = _Flight(cps, set(todo))
+        flight = _Flight(cps, set(todo), child)
         flight.snapshot_s = time.monotonic() - t0
         flight.thread = threading.Thread(target=flight.run, args=(self.store,), name="detect-checkpoint",
                                          daemon=True)

@@ -217,6 +217,7 @@ class DetectConfig:
     max_future_s: float = 300.0           # live only: an event dated further ahead of the wall clock does not move
                                           # its service's clock (one skewed mailer must not make all else "late")
     checkpoint_dir: str | None = None
+    checkpoint_fork: bool = True          # encode checkpoints in a forked child (off: in-process, on a thread)
 
     def disclosure_for(self, service: str) -> DisclosureRules:
         """Per-service overrides on top of the defaults."""

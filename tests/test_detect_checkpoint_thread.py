@@ -41,10 +41,16 @@ class _Gate:
     def save(self, cps):
         if self.armed.is_set() and not self.open.is_set():
             self.held.append(({(c.topic, c.partition): c.position for c in cps},
-                              {(c.topic, c.partition): json.dumps(c.state, sort_keys=True) for c in cps}))
+                              {(c.topic, c.partition): _state_json(c) for c in cps}))
             self.entered.set()
             assert self.open.wait(120)
         return self._save(cps)
+
+
+def _state_json(c) -> str:
+    """A checkpoint's state as the thread hands it to the store: encoded by the child, or a document."""
+    from mailaudit.detect import state as st
+    return json.dumps(st.loads(c.state_wire) if c.state_wire is not None else c.state, sort_keys=True)
 
 
 def _stored(db: Database, group: str) -> dict[int, int]:
@@ -59,8 +65,12 @@ def _run(cfg, state_dir, interval=0.3):
     return d
 
 
-def test_loop_reads_on_while_a_checkpoint_is_stored_and_commits_only_after_it(make_cfg, tmp_path):
+@pytest.mark.parametrize("fork", [True, False], ids=["child", "thread"])
+def test_loop_reads_on_while_a_checkpoint_is_stored_and_commits_only_after_it(make_cfg, tmp_path, fork):
+    """Both ways of encoding a checkpoint: in a forked child (the default) and on the checkpoint thread
+    (``detect.checkpoint_fork = false``)."""
     cfg = make_cfg()
+    cfg.detect.checkpoint_fork = fork
     create_topics(cfg.kafka)
     db = Database(cfg.clickhouse)
     migrate(db)
