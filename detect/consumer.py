@@ -146,10 +146,7 @@ def _encoded(cp: Checkpoint, results: dict) -> bool:
     if isinstance(got, str):
         cp.state_wire = got
         return True
-    if isinstance(got, st.StateTooLarge):
-        log.error("partition %s/%d not checkpointed: %s", cp.topic, cp.partition, got)
-    else:
-        log.error("partition %s/%d: state not checkpointed: %s", cp.topic, cp.partition, got)
+    log.error("partition %s/%d not checkpointed: %s", cp.topic, cp.partition, got)
     return False
 
 
